@@ -1,0 +1,153 @@
+"""Validated, normalised inputs of one ``prune`` call.
+
+:func:`validate_inputs` is the single place where user input is checked: every
+error names the offending argument, and nothing downstream has to re-check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class PruneInputs:
+    """What strategies see: tensors already checked, in the compute dtype.
+
+    Attributes:
+        tokens: ``(B, N, d)`` float32 or float64 tokens.
+        token_mask: ``(B, N)`` bool, ``True`` for real tokens (all ``True`` if
+            the caller gave no mask). Strategies must never select a ``False`` slot.
+        text_embeds: ``(B, M, d)`` text embeddings in the tokens' space, or ``None``.
+        text_mask: ``(B, M)`` bool, ``True`` for real text rows, or ``None``
+            when there is no text.
+    """
+
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+    text_embeds: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def valid_counts(self) -> torch.Tensor:
+        """``(B,)`` int64 number of valid tokens per sample."""
+        return self.token_mask.sum(dim=1)
+
+    @property
+    def has_text(self) -> torch.Tensor:
+        """``(B,)`` bool: whether each sample has at least one text row."""
+        if self.text_mask is None:
+            return torch.zeros(self.batch_size, dtype=torch.bool, device=self.tokens.device)
+        return self.text_mask.any(dim=1)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype selections run in: float32, or float64 if the input is float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_bool_mask(
+    name: str, mask: object, shape: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    mask = _check_tensor(name, mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor, got dtype {mask.dtype}")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but tokens are on {device}")
+    return mask
+
+
+def _check_finite(name: str, values: torch.Tensor, rows: torch.Tensor) -> None:
+    """Raise if any row flagged in ``rows`` (B, N) holds a NaN or Inf."""
+    bad = ~torch.isfinite(values).all(dim=-1) & rows
+    if bool(bad.any()):
+        b, i = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"{name} contains NaN or Inf values (first at sample {b}, row {i})")
+
+
+def validate_inputs(
+    tokens: object,
+    *,
+    text_embeds: object = None,
+    text_mask: object = None,
+    token_mask: object = None,
+) -> PruneInputs:
+    """Check the arguments of :meth:`TokenPruner.prune` and normalise them.
+
+    Tokens and text are cast to :func:`compute_dtype` (at least float32); masks
+    are materialised. Values of padded rows are not checked.
+
+    Raises:
+        TypeError: a non-tensor, a non-float tensor or a non-bool mask.
+        ValueError: wrong dimensions or shapes, mismatched devices, an empty
+            token set (including a sample whose ``token_mask`` is all ``False``),
+            NaN or Inf values, or a ``text_mask`` without ``text_embeds``.
+    """
+    tokens = _check_tensor("tokens", tokens)
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must be 3-D (B, N, d), got shape {tuple(tokens.shape)}")
+    if not tokens.is_floating_point():
+        raise TypeError(f"tokens must be a floating-point tensor, got dtype {tokens.dtype}")
+    batch, n, dim = tokens.shape
+    if batch == 0 or n == 0 or dim == 0:
+        raise ValueError(f"tokens is empty: shape {tuple(tokens.shape)} (B, N and d must be >= 1)")
+    device = tokens.device
+
+    if token_mask is None:
+        valid = torch.ones(batch, n, dtype=torch.bool, device=device)
+    else:
+        valid = _check_bool_mask("token_mask", token_mask, (batch, n), device)
+        empty = ~valid.any(dim=1)
+        if bool(empty.any()):
+            raise ValueError(
+                f"token_mask leaves sample {int(empty.nonzero()[0])} with no valid token "
+                "(an empty token set cannot be pruned)"
+            )
+    _check_finite("tokens", tokens, valid)
+
+    dtype = compute_dtype(tokens.dtype)
+    text = None
+    text_valid = None
+    if text_embeds is None:
+        if text_mask is not None:
+            raise ValueError("text_mask was given without text_embeds")
+    else:
+        text = _check_tensor("text_embeds", text_embeds)
+        if text.dim() != 3:
+            raise ValueError(f"text_embeds must be 3-D (B, M, d), got shape {tuple(text.shape)}")
+        if not text.is_floating_point():
+            raise TypeError(f"text_embeds must be a floating-point tensor, got dtype {text.dtype}")
+        if text.shape[0] != batch or text.shape[2] != dim:
+            raise ValueError(
+                f"text_embeds must have shape (B, M, d) = ({batch}, M, {dim}) to match tokens, "
+                f"got {tuple(text.shape)}"
+            )
+        if text.device != device:
+            raise ValueError(f"text_embeds is on {text.device} but tokens are on {device}")
+        if text_mask is None:
+            text_valid = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
+        else:
+            text_valid = _check_bool_mask("text_mask", text_mask, tuple(text.shape[:2]), device)
+        _check_finite("text_embeds", text, text_valid)
+        text = text.to(dtype)
+
+    return PruneInputs(
+        tokens=tokens.to(dtype), token_mask=valid, text_embeds=text, text_mask=text_valid
+    )

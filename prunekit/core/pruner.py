@@ -1,0 +1,146 @@
+"""The ``TokenPruner`` contract.
+
+The base class owns everything that is the same for every method: input
+validation, budget resolution, the compute dtype, padding masks, sorting,
+the identity short-cut and the result object. A method implements only
+:meth:`TokenPruner.select`, which returns its picks in priority order.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from prunekit.core.budget import Budget, check_budget
+from prunekit.core.inputs import PruneInputs, validate_inputs
+from prunekit.core.result import PAD_INDEX, PruneResult
+
+
+@dataclass(frozen=True)
+class Picks:
+    """What :meth:`TokenPruner.select` returns.
+
+    Attributes:
+        order: ``(B, num_keep)`` int64 token indices in priority order: when
+            sample ``b`` keeps ``c`` tokens, they are ``order[b, :c]``. Those
+            ``c`` entries must be distinct valid tokens; entries past a sample's
+            count are ignored.
+        scores: optional ``(B, N)`` per-token scores to report in the result.
+    """
+
+    order: torch.Tensor
+    scores: torch.Tensor | None = None
+
+
+def kept_counts(valid_counts: torch.Tensor, budget: Budget) -> torch.Tensor:
+    """Vectorised :func:`prunekit.num_kept` over a ``(B,)`` tensor of token counts."""
+    if isinstance(budget, int):
+        return valid_counts.clamp(max=budget)
+    kept = torch.floor(valid_counts.double() * budget + 0.5 + 1e-9).long()
+    return torch.minimum(kept.clamp_min(1), valid_counts)
+
+
+def _sorted_indices(candidates: torch.Tensor, keep: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """Sort ``candidates`` (B, K) ascending, with slots where ``keep`` is False moved to the end as PAD."""
+    sentinel = torch.full_like(candidates, n_tokens)
+    ordered = torch.sort(torch.where(keep, candidates, sentinel), dim=1).values
+    return ordered.masked_fill(ordered == n_tokens, PAD_INDEX)
+
+
+class TokenPruner(abc.ABC):
+    """Base class of every pruner: ``prune`` is the public entry point.
+
+    Subclasses set :attr:`name` (informational; the registry key is what users
+    type) and implement :meth:`select`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def prune(
+        self,
+        tokens: torch.Tensor,
+        *,
+        budget: Budget,
+        text_embeds: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+    ) -> PruneResult:
+        """Select the tokens each sample keeps.
+
+        Args:
+            tokens: ``(B, N, d)`` visual tokens, any float dtype; the selection
+                runs in float32 (float64 stays float64).
+            budget: tokens kept per sample (int) or fraction kept (float in (0, 1]),
+                resolved per sample by :func:`prunekit.num_kept` on its valid tokens.
+            text_embeds: ``(B, M, d)`` text embeddings in the tokens' space, for
+                text-conditioned pruners; ignored by the others.
+            text_mask: ``(B, M)`` bool, ``True`` for real text rows.
+            token_mask: ``(B, N)`` bool, ``True`` for real tokens; padded tokens
+                are never selected and do not count towards a float budget.
+
+        Returns:
+            A :class:`PruneResult`; kept indices are ascending. When the budget
+            covers every valid token the result is the identity and
+            :meth:`select` is not called.
+        """
+        budget = check_budget(budget)
+        inputs = validate_inputs(
+            tokens, text_embeds=text_embeds, text_mask=text_mask, token_mask=token_mask
+        )
+        valid_counts = inputs.valid_counts
+        counts = kept_counts(valid_counts, budget)
+        n_tokens = inputs.num_tokens
+        if bool((counts == valid_counts).all()):
+            return self._identity(inputs, valid_counts)
+
+        num_keep = int(counts.max())
+        picks = self.select(inputs, num_keep)
+        order = picks.order
+        if order.shape != (inputs.batch_size, num_keep) or order.dtype != torch.int64:
+            raise RuntimeError(
+                f"{type(self).__name__}.select must return int64 order of shape "
+                f"{(inputs.batch_size, num_keep)}, got {order.dtype} {tuple(order.shape)}"
+            )
+        slot = torch.arange(num_keep, device=order.device)
+        live = slot.unsqueeze(0) < counts.unsqueeze(1)
+        mask = torch.zeros(inputs.batch_size, n_tokens + 1, dtype=torch.bool, device=order.device)
+        mask.scatter_(1, torch.where(live, order.clamp(0, n_tokens - 1), n_tokens), True)
+        mask = mask[:, :n_tokens]
+        in_range = ((order >= 0) & (order < n_tokens)) | ~live
+        distinct_valid = (mask.sum(1) == counts) & ~(mask & ~inputs.token_mask).any(1)
+        if not bool(in_range.all() & distinct_valid.all()):
+            raise RuntimeError(
+                f"{type(self).__name__}.select returned repeated, out-of-range or padded "
+                "token indices; a pruner must pick distinct valid tokens"
+            )
+        indices = _sorted_indices(order, live, n_tokens)
+        scores = None if picks.scores is None else picks.scores.float()
+        return PruneResult(
+            indices=indices, mask=mask, counts=counts, valid_counts=valid_counts, scores=scores
+        )
+
+    @abc.abstractmethod
+    def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
+        """Pick ``num_keep`` tokens per sample from validated ``inputs``, in priority order.
+
+        Called only when at least one sample must drop tokens, with
+        ``1 <= num_keep <= N``. ``inputs.tokens`` is float32 or float64.
+        """
+
+    def _identity(self, inputs: PruneInputs, valid_counts: torch.Tensor) -> PruneResult:
+        n_tokens = inputs.num_tokens
+        positions = torch.arange(n_tokens, device=inputs.tokens.device).expand(
+            inputs.batch_size, -1
+        )
+        indices = _sorted_indices(positions, inputs.token_mask, n_tokens)
+        indices = indices[:, : int(valid_counts.max())]
+        return PruneResult(
+            indices=indices,
+            mask=inputs.token_mask.clone(),
+            counts=valid_counts,
+            valid_counts=valid_counts,
+            scores=None,
+        )

@@ -1,0 +1,39 @@
+"""Hook specifications. A plugin module implements them with :data:`hookimpl`.
+
+A plugin distribution announces its module in the ``prunekit`` entry-point
+group, e.g. in its ``pyproject.toml``::
+
+    [project.entry-points.prunekit]
+    my_pruners = "my_package.plugin"
+
+and the module registers its components::
+
+    from prunekit.registry import hookimpl
+
+    @hookimpl
+    def prunekit_register(registry):
+        registry.add("pruner", "my_pruner", MyPruner)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from prunekit.registry.registry import Registry
+
+PROJECT = "prunekit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def prunekit_register(registry: Registry) -> None:
+    """Add this plugin's components with ``registry.add(kind, name, factory)``.
+
+    ``kind`` is one of ``"pruner"``, ``"relevance"``, ``"selection"``,
+    ``"noun_extractor"``. A name already taken raises ``ValueError``; the
+    plugin is then reported and skipped as a whole.
+    """

@@ -1,0 +1,234 @@
+"""Component registry: names to factories, filled by plugins through pluggy.
+
+Plugins are the modules named in the ``prunekit`` entry-point group. prunekit's
+own components come in the same way, from :mod:`prunekit.builtin` (announced
+in the same group), registered before any third-party plugin. Each
+plugin registers atomically: if its hook raises (a duplicate name included),
+none of its components are kept, a :class:`PluginLoadWarning` names it and the
+error, and the rest of the registry keeps working.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import inspect
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from prunekit.core.errors import did_you_mean
+from prunekit.registry import hookspecs
+
+ENTRY_POINT_GROUP = "prunekit"
+BUILTIN_MODULE = "prunekit.builtin"
+KINDS = ("pruner", "relevance", "selection", "noun_extractor")
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin could not be imported or registered; it was skipped."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One registered component: its kind, name, factory and the plugin it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    plugin: str
+
+    @property
+    def description(self) -> str:
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.split("\n\n")[0].replace("\n", " ")
+
+    def parameters(self) -> dict[str, Any]:
+        """Keyword parameters of the factory and their defaults (``inspect.Parameter.empty`` if required)."""
+        try:
+            signature = inspect.signature(self.factory)
+        except (TypeError, ValueError):
+            return {}
+        return {
+            name: p.default
+            for name, p in signature.parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+
+class _Staging:
+    """The object handed to one plugin's hook; collects its components."""
+
+    def __init__(self, registry: Registry, plugin: str) -> None:
+        self._registry = registry
+        self._plugin = plugin
+        self.added: list[ComponentSpec] = []
+
+    def add(self, kind: str, name: str, factory: Callable[..., Any]) -> None:
+        spec = self._registry._make_spec(kind, name, factory, self._plugin)
+        if any(s.kind == kind and s.name == name for s in self.added):
+            raise ValueError(f"plugin {self._plugin!r} registers {kind} {name!r} twice")
+        self.added.append(spec)
+
+    def add_pruner(self, name: str, factory: Callable[..., Any]) -> None:
+        self.add("pruner", name, factory)
+
+    def add_relevance(self, name: str, factory: Callable[..., Any]) -> None:
+        self.add("relevance", name, factory)
+
+    def add_selection(self, name: str, factory: Callable[..., Any]) -> None:
+        self.add("selection", name, factory)
+
+    def add_noun_extractor(self, name: str, factory: Callable[..., Any]) -> None:
+        self.add("noun_extractor", name, factory)
+
+
+class Registry:
+    """Names to factories for every component kind.
+
+    Args:
+        load_plugins: load the modules of the ``prunekit`` entry-point group
+            (and :mod:`prunekit.builtin` if it is not among them) now.
+    """
+
+    def __init__(self, *, load_plugins: bool = True) -> None:
+        self._specs: dict[str, dict[str, ComponentSpec]] = {kind: {} for kind in KINDS}
+        self.failed_plugins: dict[str, str] = {}
+        self.plugin_manager = pluggy.PluginManager(hookspecs.PROJECT)
+        self.plugin_manager.add_hookspecs(hookspecs)
+        if load_plugins:
+            # prunekit's own components first, so their names are never taken by a plugin.
+            self.register_plugin(importlib.import_module(BUILTIN_MODULE), name="builtin")
+            self.load_entry_points()
+
+    # -- plugins -----------------------------------------------------------------
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        """Import and register every module announced in the entry-point ``group``."""
+        for ep in sorted(entry_points(group=group), key=lambda e: e.name):
+            if ep.value == BUILTIN_MODULE:
+                continue  # registered first, by the constructor
+            try:
+                module = ep.load()
+            except Exception as exc:  # a broken plugin must not break the host
+                self._report(ep.name, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
+                continue
+            self.register_plugin(module, name=ep.name)
+
+    def register_plugin(self, plugin: ModuleType | object, name: str | None = None) -> bool:
+        """Register a plugin object (usually a module with a ``prunekit_register`` hookimpl).
+
+        Returns ``True`` on success; on failure the plugin is reported with a
+        :class:`PluginLoadWarning`, recorded in :attr:`failed_plugins` and skipped.
+        """
+        name = name or getattr(plugin, "__name__", repr(plugin))
+        try:
+            self.plugin_manager.register(plugin, name=name)
+        except Exception as exc:
+            self._report(name, f"{type(exc).__name__}: {exc}")
+            return False
+        staging = _Staging(self, name)
+        for impl in self.plugin_manager.hook.prunekit_register.get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            try:
+                impl.function(registry=staging)
+                for spec in staging.added:
+                    self._check_free(spec)
+            except Exception as exc:
+                self.plugin_manager.unregister(plugin)
+                self._report(name, f"{type(exc).__name__}: {exc}")
+                return False
+        for spec in staging.added:
+            self._specs[spec.kind][spec.name] = spec
+        return True
+
+    def _report(self, plugin: str, message: str) -> None:
+        self.failed_plugins[plugin] = message
+        warnings.warn(
+            f"prunekit plugin {plugin!r} was skipped: {message}", PluginLoadWarning, stacklevel=3
+        )
+
+    # -- components --------------------------------------------------------------
+    def _make_spec(
+        self, kind: str, name: str, factory: Callable[..., Any], plugin: str
+    ) -> ComponentSpec:
+        self._check_kind(kind)
+        if not isinstance(name, str) or not name or any(c in name for c in "*?[] "):
+            raise ValueError(
+                f"component name must be a non-empty string without wildcards, got {name!r}"
+            )
+        if not callable(factory):
+            raise TypeError(
+                f"factory for {kind} {name!r} must be callable, got {type(factory).__name__}"
+            )
+        return ComponentSpec(kind=kind, name=name, factory=factory, plugin=plugin)
+
+    def _check_free(self, spec: ComponentSpec) -> None:
+        taken = self._specs[spec.kind].get(spec.name)
+        if taken is not None:
+            raise ValueError(
+                f"{spec.kind} name {spec.name!r} is already registered by plugin "
+                f"{taken.plugin!r}; plugin {spec.plugin!r} cannot register it again"
+            )
+
+    def add(
+        self, kind: str, name: str, factory: Callable[..., Any], *, plugin: str = "__main__"
+    ) -> None:
+        """Register one component directly (outside any plugin). Duplicate names raise ``ValueError``."""
+        spec = self._make_spec(kind, name, factory, plugin)
+        self._check_free(spec)
+        self._specs[kind][name] = spec
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(
+                f"kind must be one of {list(KINDS)}, got {kind!r}.{did_you_mean(str(kind), KINDS)}"
+            )
+
+    def names(self, kind: str, pattern: str = "*") -> list[str]:
+        """Sorted names of ``kind`` matching the shell-style wildcard ``pattern``."""
+        self._check_kind(kind)
+        return sorted(n for n in self._specs[kind] if fnmatch.fnmatchcase(n, pattern))
+
+    def spec(self, kind: str, name: str) -> ComponentSpec:
+        """The :class:`ComponentSpec` for ``name``; unknown names raise ``ValueError`` with a suggestion."""
+        self._check_kind(kind)
+        if not isinstance(name, str):
+            raise TypeError(f"{kind} name must be a str, got {type(name).__name__}")
+        try:
+            return self._specs[kind][name]
+        except KeyError:
+            known = sorted(self._specs[kind])
+            raise ValueError(
+                f"unknown {kind} {name!r}.{did_you_mean(name, known)} Registered: {known}"
+            ) from None
+
+    def specs(self, kind: str, pattern: str = "*") -> list[ComponentSpec]:
+        return [self._specs[kind][n] for n in self.names(kind, pattern)]
+
+    def create(self, kind: str, name: str, **kwargs: Any) -> Any:
+        """Build the component ``name`` of ``kind`` with ``kwargs``."""
+        return self.spec(kind, name).factory(**kwargs)
+
+    def __contains__(self, item: tuple[str, str]) -> bool:
+        kind, name = item
+        return name in self._specs.get(kind, {})
+
+    def kinds(self) -> Iterable[str]:
+        return KINDS
+
+
+_DEFAULT: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built (and plugins loaded) on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = Registry()
+    return _DEFAULT

@@ -1,0 +1,154 @@
+"""The pluggy registry: listing, creation, entry points, duplicates and broken plugins."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.registry import PluginLoadWarning, Registry
+
+
+def test_builtin_components_listed():
+    assert "resprune" in prunekit.list_pruners()
+    assert set(prunekit.list_relevances()) >= {"none", "text"}
+    assert set(prunekit.list_selections()) >= {"greedy_residual", "topk", "random"}
+    assert set(prunekit.list_noun_extractors()) >= {"heuristic", "spacy"}
+
+
+def test_wildcards():
+    assert prunekit.list_pruners("res*") == ["resprune"]
+    assert prunekit.list_selections("*resid*") == ["greedy_residual"]
+    assert prunekit.list_pruners("nothing*") == []
+
+
+def test_builtins_come_from_the_builtin_plugin():
+    registry = prunekit.get_registry()
+    assert registry.spec("pruner", "resprune").plugin == "builtin"
+    assert registry.plugin_manager.has_plugin("builtin")
+
+
+def test_create_passes_kwargs():
+    pruner = prunekit.create_pruner("resprune", alpha=2.5, aggregation="pooled")
+    assert isinstance(pruner, prunekit.ResPrune)
+    assert pruner.relevance.alpha == 2.5
+    assert prunekit.create_selection("random", seed=4).seed == 4
+
+
+def test_direct_duplicate_is_rejected():
+    registry = Registry()
+    with pytest.raises(ValueError, match="'resprune' is already registered by plugin 'builtin'"):
+        registry.add("pruner", "resprune", prunekit.ResPrune)
+
+
+def test_bad_kind_and_name():
+    registry = Registry(load_plugins=False)
+    with pytest.raises(ValueError, match="kind must be one of .* Did you mean 'pruner'"):
+        registry.add("pruners", "x", prunekit.ResPrune)
+    with pytest.raises(ValueError, match="without wildcards"):
+        registry.add("pruner", "x*", prunekit.ResPrune)
+    with pytest.raises(TypeError, match="must be callable"):
+        registry.add("pruner", "x", 3)
+
+
+PLUGIN_SOURCES = {
+    "pk_good_plugin.py": """
+        import torch
+        from prunekit import Picks, TokenPruner, hookimpl
+
+        class LastTokens(TokenPruner):
+            '''Keeps the last valid tokens (a toy third-party pruner).'''
+            name = "last_tokens"
+            def select(self, inputs, num_keep):
+                positions = torch.arange(inputs.num_tokens).expand(inputs.batch_size, -1)
+                keys = torch.where(inputs.token_mask, positions, -1)
+                return Picks(order=keys.argsort(dim=1, descending=True)[:, :num_keep])
+
+        @hookimpl
+        def prunekit_register(registry):
+            registry.add_pruner("last_tokens", LastTokens)
+    """,
+    "pk_broken_plugin.py": """
+        raise ImportError("this plugin needs a package that is not installed")
+    """,
+    "pk_dup_plugin.py": """
+        from prunekit import ResPrune, hookimpl
+
+        @hookimpl
+        def prunekit_register(registry):
+            registry.add_pruner("dup_first_ok", ResPrune)
+            registry.add_pruner("resprune", ResPrune)
+    """,
+    "pk_bad_hook_plugin.py": """
+        from prunekit import hookimpl
+
+        @hookimpl
+        def prunekit_register(registry, extra_argument):
+            pass
+    """,
+}
+
+ENTRY_POINTS = """
+[prunekit]
+good = pk_good_plugin
+broken = pk_broken_plugin
+dup = pk_dup_plugin
+badhook = pk_bad_hook_plugin
+"""
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch):
+    """Install fake plugin distributions the way pip would: modules plus a dist-info with entry points."""
+    for filename, source in PLUGIN_SOURCES.items():
+        (tmp_path / filename).write_text(textwrap.dedent(source))
+    info = tmp_path / "pk_test_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pk-test-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in PLUGIN_SOURCES:
+        sys.modules.pop(name.removesuffix(".py"), None)
+
+
+def test_entry_point_plugins(plugin_dist):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registry = Registry()
+    messages = [str(w.message) for w in caught if issubclass(w.category, PluginLoadWarning)]
+
+    # the good third-party plugin works end to end
+    assert "last_tokens" in registry.names("pruner")
+    assert registry.spec("pruner", "last_tokens").plugin == "good"
+    pruner = registry.create("pruner", "last_tokens")
+    result = pruner.prune(torch.randn(2, 6, 3), budget=2)
+    assert result.indices.tolist() == [[4, 5], [4, 5]]
+
+    # broken ones are reported by name and skipped; the builtins still work
+    assert set(registry.failed_plugins) == {"broken", "dup", "badhook"}
+    assert "needs a package that is not installed" in registry.failed_plugins["broken"]
+    assert "'resprune' is already registered by plugin 'builtin'" in registry.failed_plugins["dup"]
+    assert any("'broken'" in m for m in messages) and any("'dup'" in m for m in messages)
+    # a failing plugin registers nothing at all, not even its valid names
+    assert "dup_first_ok" not in registry.names("pruner")
+    assert registry.spec("pruner", "resprune").plugin == "builtin"
+    assert isinstance(registry.create("pruner", "resprune"), prunekit.ResPrune)
+
+
+def test_registry_parametrized_suite_picks_up_plugins(plugin_dist, monkeypatch):
+    """A plugin's pruner runs through the same contract checks as the builtins."""
+    import test_pruner_contract as contract
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginLoadWarning)
+        registry = Registry()
+    monkeypatch.setattr("prunekit.registry.registry._DEFAULT", registry)
+    assert "last_tokens" in prunekit.list_pruners()
+    generator = torch.Generator().manual_seed(0)
+    contract.test_ragged_masks(("last_tokens", {}), 0.3, generator)
+    contract.test_batch_invariance(("last_tokens", {}), generator)

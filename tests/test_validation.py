@@ -1,0 +1,139 @@
+"""Every bad input raises the documented error, naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prunekit
+
+PRUNER = prunekit.create_pruner("resprune")
+X = torch.randn(2, 10, 4)
+T = torch.randn(2, 3, 4)
+
+
+def with_value(value, where=(0, 0, 0)):
+    x = X.clone()
+    x[where] = value
+    return x
+
+
+BAD = [
+    # (description, kwargs, error, message pattern)
+    ("tokens not a tensor", {"tokens": X.tolist()}, TypeError, "tokens must be a torch.Tensor"),
+    ("tokens 2-D", {"tokens": X[0]}, ValueError, "tokens must be 3-D"),
+    ("tokens 4-D", {"tokens": X[None]}, ValueError, "tokens must be 3-D"),
+    ("tokens integer", {"tokens": X.long()}, TypeError, "tokens must be a floating-point"),
+    ("empty batch", {"tokens": X[:0]}, ValueError, "tokens is empty"),
+    ("no tokens", {"tokens": X[:, :0]}, ValueError, "tokens is empty"),
+    ("no features", {"tokens": X[..., :0]}, ValueError, "tokens is empty"),
+    ("NaN token", {"tokens": with_value(float("nan"))}, ValueError, "tokens contains NaN or Inf"),
+    ("Inf token", {"tokens": with_value(float("inf"), (1, 3, 2))}, ValueError, "sample 1, row 3"),
+    ("int budget 0", {"budget": 0}, ValueError, "budget"),
+    ("float budget 0", {"budget": 0.0}, ValueError, "budget"),
+    ("float budget > 1", {"budget": 1.01}, ValueError, "budget"),
+    ("bool budget", {"budget": True}, TypeError, "budget"),
+    ("text 2-D", {"text_embeds": T[0]}, ValueError, "text_embeds must be 3-D"),
+    ("text wrong batch", {"text_embeds": T[:1]}, ValueError, "text_embeds must have shape"),
+    (
+        "text wrong width",
+        {"text_embeds": torch.randn(2, 3, 5)},
+        ValueError,
+        "text_embeds must have shape",
+    ),
+    ("text integer", {"text_embeds": T.long()}, TypeError, "text_embeds must be a floating-point"),
+    (
+        "text NaN",
+        {"text_embeds": T.masked_fill(T > 1, float("nan"))},
+        ValueError,
+        "text_embeds contains NaN",
+    ),
+    (
+        "text_mask without text",
+        {"text_mask": torch.ones(2, 3, dtype=torch.bool)},
+        ValueError,
+        "text_mask was given without text_embeds",
+    ),
+    (
+        "text_mask wrong shape",
+        {"text_embeds": T, "text_mask": torch.ones(2, 4, dtype=torch.bool)},
+        ValueError,
+        "text_mask must have shape",
+    ),
+    (
+        "text_mask not bool",
+        {"text_embeds": T, "text_mask": torch.ones(2, 3)},
+        TypeError,
+        "text_mask must be a bool",
+    ),
+    (
+        "token_mask wrong shape",
+        {"token_mask": torch.ones(2, 9, dtype=torch.bool)},
+        ValueError,
+        "token_mask must have shape",
+    ),
+    (
+        "token_mask not bool",
+        {"token_mask": torch.ones(2, 10, dtype=torch.int64)},
+        TypeError,
+        "token_mask must be a bool",
+    ),
+    (
+        "token_mask empties a sample",
+        {"token_mask": torch.tensor([[True] * 10, [False] * 10])},
+        ValueError,
+        "token_mask leaves sample 1 with no valid token",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_input_raises(kwargs, error, match):
+    call = {"tokens": X, "budget": 3, **kwargs}
+    tokens = call.pop("tokens")
+    with pytest.raises(error, match=match):
+        PRUNER.prune(tokens, **call)
+
+
+def test_nan_in_padding_is_allowed():
+    """Values of padded rows are never read, so they are not validated either."""
+    x = X.clone()
+    x[1, 8:] = float("nan")
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 8:] = False
+    result = PRUNER.prune(x, budget=3, token_mask=mask)
+    assert not result.mask[1, 8:].any()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: prunekit.create_pruner("resprun"),
+            "unknown pruner 'resprun'. Did you mean 'resprune'",
+        ),
+        (lambda: prunekit.create_relevance("txt"), "unknown relevance 'txt'. Did you mean 'text'"),
+        (
+            lambda: prunekit.create_selection("topK"),
+            "unknown selection 'topK'. Did you mean 'topk'",
+        ),
+        (lambda: prunekit.create_selection("greedy"), "Did you mean 'greedy_residual'"),
+        (
+            lambda: prunekit.create_pruner("composed", relevance="nonee"),
+            "unknown relevance 'nonee'. Did you mean 'none'",
+        ),
+        (lambda: prunekit.create_pruner("composed", selection={"alpha": 1}), "needs a 'name' key"),
+    ],
+)
+def test_unknown_names_suggest(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_wrong_strategy_type():
+    with pytest.raises(TypeError, match="relevance must be a RelevanceStrategy"):
+        prunekit.create_pruner("composed", relevance=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'alpah'"):
+        prunekit.create_pruner("resprune", alpah=1.0)
