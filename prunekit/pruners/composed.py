@@ -1,0 +1,67 @@
+"""Any relevance strategy x any selection strategy, as one pruner."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prunekit.core.inputs import PruneInputs
+from prunekit.core.pruner import Picks, TokenPruner
+from prunekit.strategies.relevance.base import RelevanceStrategy
+from prunekit.strategies.selection.base import SelectionStrategy
+
+StrategySpec = str | Mapping[str, Any] | RelevanceStrategy | SelectionStrategy
+
+
+def build_strategy(kind: str, spec: StrategySpec, base: type) -> Any:
+    """Build a strategy from an object, a registered name, or a mapping ``{"name": ..., **kwargs}``."""
+    from prunekit.registry import get_registry
+
+    if isinstance(spec, base):
+        return spec
+    if isinstance(spec, str):
+        return get_registry().create(kind, spec)
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        if "name" not in options:
+            raise ValueError(
+                f"a {kind} given as a mapping needs a 'name' key, got keys {sorted(options)}"
+            )
+        return get_registry().create(kind, options.pop("name"), **options)
+    raise TypeError(
+        f"{kind} must be a {base.__name__}, a registered name or a mapping with 'name', "
+        f"got {type(spec).__name__}"
+    )
+
+
+class ComposedPruner(TokenPruner):
+    """Weights from a relevance strategy, then picks from a selection strategy.
+
+    Args:
+        relevance: a :class:`RelevanceStrategy`, a registered name (``"none"``,
+            ``"text"``, ...) or a mapping such as ``{"name": "text", "alpha": 2.0}``.
+        selection: the same for a :class:`SelectionStrategy` (``"greedy_residual"``,
+            ``"topk"``, ``"random"``, ...).
+
+    The result's ``scores`` are the relevance weights.
+    """
+
+    name = "composed"
+
+    def __init__(
+        self, relevance: StrategySpec = "none", selection: StrategySpec = "greedy_residual"
+    ) -> None:
+        self.relevance: RelevanceStrategy = build_strategy(
+            "relevance", relevance, RelevanceStrategy
+        )
+        self.selection: SelectionStrategy = build_strategy(
+            "selection", selection, SelectionStrategy
+        )
+
+    def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
+        weights = self.relevance.weights(inputs)
+        order = self.selection.select(inputs, weights, num_keep)
+        return Picks(order=order, scores=weights)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(relevance={self.relevance!r}, selection={self.selection!r})"

@@ -1,0 +1,51 @@
+"""ResPrune (Li et al., arXiv 2603.21105): text-conditioned greedy subspace expansion.
+
+``ResPrune`` is the composition ``TextRelevance(aggregation, alpha, center)``
+x ``GreedyResidualSelection``: at every step it keeps the token maximising
+``w_i * ||x_i - P_S x_i||^2``, where ``w_i`` is the min-max normalised text
+relevance raised to ``alpha``. It runs on post-projector visual tokens and needs
+no attention map. Without text (or when the prompt has no usable word) all
+weights are 1: pure residual-energy selection.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunekit.pruners.composed import ComposedPruner
+from prunekit.strategies.relevance.text import Aggregation, TextRelevance
+from prunekit.strategies.selection.greedy_residual import GramMethod, GreedyResidualSelection
+
+
+class ResPrune(ComposedPruner):
+    """ResPrune with the paper's defaults.
+
+    Args:
+        alpha: text-guidance strength (``w = r~ ** alpha``); 0 turns guidance off.
+        aggregation: ``"max"`` (paper), ``"mean"`` or ``"pooled"`` over the text rows.
+        center: optional ``(d,)`` vector removed from tokens and text before the
+            cosine; ``None`` is the paper's plain cosine.
+        eps: stabiliser of the min-max normalisation.
+        rank_tol: relative residual treated as zero (``None``: by dtype).
+        method: ``"auto"``, ``"gram"`` or ``"rows"`` (see :func:`greedy_residual_order`).
+        max_gram_bytes: memory bound above which ``"auto"`` avoids the ``N x N`` Gram matrix.
+    """
+
+    name = "resprune"
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        aggregation: Aggregation = "max",
+        center: torch.Tensor | None = None,
+        eps: float = 1e-6,
+        rank_tol: float | None = None,
+        method: GramMethod = "auto",
+        max_gram_bytes: int = 256 * 2**20,
+    ) -> None:
+        super().__init__(
+            relevance=TextRelevance(aggregation=aggregation, alpha=alpha, center=center, eps=eps),
+            selection=GreedyResidualSelection(
+                rank_tol=rank_tol, method=method, max_gram_bytes=max_gram_bytes
+            ),
+        )

@@ -1,0 +1,7 @@
+"""Relevance strategies: per-token weights ``w_i >= 0`` (1 means neutral)."""
+
+from prunekit.strategies.relevance.base import RelevanceStrategy
+from prunekit.strategies.relevance.none import NoRelevance
+from prunekit.strategies.relevance.text import TextRelevance, text_relevance
+
+__all__ = ["NoRelevance", "RelevanceStrategy", "TextRelevance", "text_relevance"]

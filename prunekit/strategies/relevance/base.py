@@ -1,0 +1,25 @@
+"""The relevance-strategy contract."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+
+from prunekit.core.inputs import PruneInputs
+
+
+class RelevanceStrategy(abc.ABC):
+    """Scores how much each token matters, as non-negative weights.
+
+    ``weights(inputs)`` returns ``(B, N)`` weights in the compute dtype; 1 is
+    neutral, 0 means "only if nothing else is left". Values at padded slots are
+    ignored by selections.
+    """
+
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def weights(self, inputs: PruneInputs) -> torch.Tensor:
+        """``(B, N)`` non-negative token weights."""

@@ -1,0 +1,33 @@
+"""The selection-strategy contract."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import torch
+
+from prunekit.core.inputs import PruneInputs
+
+
+class SelectionStrategy(abc.ABC):
+    """Chooses tokens from validated inputs and relevance weights.
+
+    ``select`` returns ``(B, num_keep)`` int64 indices in priority order (the
+    first ``c`` of a row are the sample's choice when it keeps ``c``): distinct
+    valid tokens for as long as the sample has any; entries past its valid
+    tokens are ignored. Implementations are vectorised over the batch and the
+    result of one sample never depends on the others.
+    """
+
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
+        """``(B, num_keep)`` picks in priority order."""
+
+
+def rank_descending(keys: torch.Tensor, valid: torch.Tensor, num_keep: int) -> torch.Tensor:
+    """Indices of the ``num_keep`` largest ``keys`` per row among ``valid`` ones, ties to the lowest index."""
+    keys = keys.masked_fill(~valid, -torch.inf)
+    return torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :num_keep]

@@ -1,0 +1,142 @@
+"""Greedy residual selection: ResPrune's greedy subspace expansion.
+
+At every step pick ``i* = argmax_{i not in S} w_i * E_S(x_i)`` where
+``E_S(x) = ||x - P_S x||^2`` is the residual energy of ``x`` after projecting
+onto the span of the kept tokens, add it to ``S``, and update every residual by
+one Gram-Schmidt step. This equals pivoted (incremental) Cholesky on the Gram
+matrix ``X X^T`` with weighted pivoting, so it costs one GEMM plus ``O(N K)``
+work per step; for very large ``N`` a path without the ``N x N`` Gram matrix
+computes one Gram row per step instead (``O(N d)`` per step, ``O(N K)`` memory).
+
+Numerics: float32 or wider; energies clamped at 0; a token whose residual is at
+most ``rank_tol`` of its own energy counts as already explained (score 0).
+When no remaining token has a positive weighted residual (``K`` exceeds the
+rank, or only zero-weight tokens are left), the rest are filled in order of
+weight, ties to the lowest index; picking such a token still projects out
+whatever direction it adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from prunekit.core.errors import check_choice
+from prunekit.core.inputs import PruneInputs
+from prunekit.strategies.selection.base import SelectionStrategy
+
+GramMethod = Literal["auto", "gram", "rows"]
+GRAM_METHODS = ("auto", "gram", "rows")
+
+#: Relative tolerance below which a residual counts as explained, per dtype.
+DEFAULT_RANK_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def _gram_bytes(tokens: torch.Tensor) -> int:
+    batch, n, _ = tokens.shape
+    return batch * n * n * tokens.element_size()
+
+
+def greedy_residual_order(
+    tokens: torch.Tensor,
+    weights: torch.Tensor,
+    num_keep: int,
+    valid: torch.Tensor | None = None,
+    *,
+    rank_tol: float | None = None,
+    method: GramMethod = "auto",
+    max_gram_bytes: int = 256 * 2**20,
+) -> torch.Tensor:
+    """Greedy weighted residual selection, batched.
+
+    Args:
+        tokens: ``(B, N, d)`` float32/float64 tokens.
+        weights: ``(B, N)`` non-negative weights ``w_i``.
+        num_keep: steps to run (``K``).
+        valid: ``(B, N)`` bool; invalid tokens are never picked while valid ones remain.
+        rank_tol: relative residual below which a token counts as explained;
+            ``None`` picks 1e-4 for float32 and 1e-10 for float64.
+        method: ``"gram"`` (one ``N x N`` GEMM), ``"rows"`` (one Gram row per
+            step, no ``N x N`` matrix) or ``"auto"`` (``"gram"`` unless the Gram
+            matrices would exceed ``max_gram_bytes``).
+
+    Returns:
+        ``(B, K)`` int64 picks in the order they were made.
+    """
+    check_choice("method", method, GRAM_METHODS)
+    batch, n, _ = tokens.shape
+    device = tokens.device
+    if valid is None:
+        valid = torch.ones(batch, n, dtype=torch.bool, device=device)
+    if rank_tol is None:
+        rank_tol = DEFAULT_RANK_TOL.get(tokens.dtype, 1e-4)
+    use_gram = method == "gram" or (method == "auto" and _gram_bytes(tokens) <= max_gram_bytes)
+    gram = torch.bmm(tokens, tokens.transpose(1, 2)) if use_gram else None
+
+    weights = weights.to(tokens.dtype)
+    energy = tokens.pow(2).sum(dim=-1)  # (B, N) residual energies E_S
+    tol = energy * rank_tol
+    factors = tokens.new_zeros(batch, num_keep, n)  # rows of the incremental Cholesky factor
+    order = torch.empty(batch, num_keep, dtype=torch.int64, device=device)
+    available = valid.clone()
+    batch_index = torch.arange(batch, device=device)
+    neg_inf = torch.tensor(-torch.inf, dtype=tokens.dtype, device=device)
+
+    for step in range(num_keep):
+        candidate = available & (energy > tol)
+        score = torch.where(candidate, weights * energy, neg_inf)
+        best_score, best = score.max(dim=1)
+        fill = torch.where(available, weights, neg_inf).argmax(dim=1)
+        pick = torch.where(best_score > 0, best, fill)
+
+        picked_energy = energy[batch_index, pick]
+        independent = picked_energy > tol[batch_index, pick]
+        if gram is not None:
+            row = gram[batch_index, pick]  # (B, N) Gram row of the pick
+        else:
+            row = torch.bmm(tokens, tokens[batch_index, pick].unsqueeze(-1)).squeeze(-1)
+        if step > 0:
+            done = factors[:, :step]  # (B, step, N)
+            coef = done.gather(2, pick.view(batch, 1, 1).expand(batch, step, 1))  # (B, step, 1)
+            row = row - torch.bmm(coef.transpose(1, 2), done).squeeze(1)
+        scale = torch.where(independent, picked_energy.clamp_min(1e-30).rsqrt(), 0.0)
+        column = row * scale.unsqueeze(1)
+        factors[:, step] = column
+        energy = (energy - column.pow(2)).clamp_min(0.0)
+        available[batch_index, pick] = False
+        order[:, step] = pick
+    return order
+
+
+@dataclass
+class GreedyResidualSelection(SelectionStrategy):
+    """Greedy subspace expansion by weighted residual energy (ResPrune's selection).
+
+    See :func:`greedy_residual_order` for the parameters.
+    """
+
+    rank_tol: float | None = None
+    method: GramMethod = "auto"
+    max_gram_bytes: int = 256 * 2**20
+
+    name = "greedy_residual"
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, GRAM_METHODS)
+        if self.rank_tol is not None and not (0 <= self.rank_tol < 1):
+            raise ValueError(f"rank_tol must be in [0, 1), got {self.rank_tol}")
+        if self.max_gram_bytes < 0:
+            raise ValueError(f"max_gram_bytes must be >= 0, got {self.max_gram_bytes}")
+
+    def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
+        return greedy_residual_order(
+            inputs.tokens,
+            weights,
+            num_keep,
+            inputs.token_mask,
+            rank_tol=self.rank_tol,
+            method=self.method,
+            max_gram_bytes=self.max_gram_bytes,
+        )

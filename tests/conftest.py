@@ -1,0 +1,42 @@
+"""Shared fixtures and the list of pruners every contract test runs over."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import prunekit  # noqa: E402
+
+# Compositions tested in addition to every registered pruner with its defaults.
+COMPOSITIONS = [
+    {"relevance": r, "selection": s}
+    for r in ("none", {"name": "text", "alpha": 2.0})
+    for s in ("greedy_residual", "topk", {"name": "random", "seed": 3})
+]
+
+
+def pruner_cases() -> list[tuple[str, dict]]:
+    """(registered name, kwargs) for every registered pruner, plus each strategy composition."""
+    cases = [(name, {}) for name in prunekit.list_pruners()]
+    cases += [("composed", kwargs) for kwargs in COMPOSITIONS]
+    return cases
+
+
+def case_id(case: tuple[str, dict]) -> str:
+    name, kwargs = case
+    if not kwargs:
+        return name
+    parts = []
+    for value in kwargs.values():
+        parts.append(value if isinstance(value, str) else value["name"])
+    return f"{name}[{'x'.join(parts)}]"
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,72 @@
+"""Independent float64 reference implementations of the method page, for tests.
+
+Written from the method page's formulas, deliberately naively (explicit
+projections, Python loops), sharing no code with prunekit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def residual_energies(x: np.ndarray, kept: list[int]) -> np.ndarray:
+    """E_S(x_i) = ||x_i - P_S x_i||^2 for every row, with P_S from a least-squares projection."""
+    if not kept:
+        return (x**2).sum(axis=1)
+    basis = x[kept].T  # (d, |S|)
+    coef, *_ = np.linalg.lstsq(basis, x.T, rcond=None)
+    resid = x.T - basis @ coef
+    return (resid**2).sum(axis=0)
+
+
+def text_relevance(x, text, aggregation="max", center=None):
+    """r_i from the method page: cosine of tokens with text rows, aggregated."""
+    x = np.asarray(x, dtype=np.float64)
+    text = np.asarray(text, dtype=np.float64)
+    if center is not None:
+        x = x - center
+        text = text - center
+
+    def unit(v):
+        n = np.linalg.norm(v, axis=-1, keepdims=True)
+        return v / np.maximum(n, 1e-12)
+
+    if aggregation == "pooled":
+        return unit(x) @ unit(text.mean(axis=0))
+    cos = unit(x) @ unit(text).T
+    return cos.max(axis=1) if aggregation == "max" else cos.mean(axis=1)
+
+
+def weights_from_relevance(r, alpha, eps=1e-6):
+    """w_i = ((r_i - min r) / (max r - min r + eps)) ** alpha; flat relevance -> 1."""
+    spread = r.max() - r.min()
+    if spread <= eps:
+        return np.ones_like(r)
+    return ((r - r.min()) / (spread + eps)) ** alpha
+
+
+def resprune_reference(x, k, weights, rank_tol=1e-10):
+    """Greedy argmax of w_i * E_S(x_i), returning (picks in order, score rows per step).
+
+    A token whose residual is at most ``rank_tol`` of its own energy counts as
+    explained; when no remaining token has a positive score, fill by weight,
+    ties to the lowest index.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    norms = (x**2).sum(axis=1)
+    kept: list[int] = []
+    steps = []
+    for _ in range(k):
+        energy = residual_energies(x, kept)
+        score = np.where(energy > rank_tol * norms, w * energy, 0.0)
+        score[kept] = -np.inf
+        steps.append(score.copy())
+        if score.max() > 0:
+            pick = int(np.argmax(score))
+        else:
+            fill = w.copy()
+            fill[kept] = -np.inf
+            pick = int(np.argmax(fill))
+        kept.append(pick)
+    return kept, steps
