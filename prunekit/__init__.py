@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunekit.adapters import AttachHandle, attach
 from prunekit.core import PAD_INDEX, Budget, PruneInputs, PruneResult, TokenPruner, num_kept
 from prunekit.core.pruner import Picks
 from prunekit.pruners import ComposedPruner, ResPrune
@@ -61,8 +62,16 @@ def list_noun_extractors(pattern: str = "*") -> list[str]:
     return get_registry().names("noun_extractor", pattern)
 
 
+def list_adapters(pattern: str = "*") -> list[str]:
+    """Registered model adapters matching ``pattern``."""
+    return get_registry().names("adapter", pattern)
+
+
 __all__ = [
     "PAD_INDEX",
+    "AttachHandle",
+    "attach",
+    "list_adapters",
     "Budget",
     "ComposedPruner",
     "Picks",

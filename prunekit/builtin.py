@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prunekit.adapters.llava import LlavaAdapter
 from prunekit.pruners import ComposedPruner, ResPrune
 from prunekit.registry import hookimpl
 from prunekit.strategies import (
@@ -25,3 +26,4 @@ def prunekit_register(registry) -> None:
     registry.add_selection("random", RandomSelection)
     registry.add_noun_extractor("heuristic", HeuristicNounExtractor)
     registry.add_noun_extractor("spacy", SpacyNounExtractor)
+    registry.add_adapter("llava", LlavaAdapter)

@@ -34,6 +34,6 @@ def prunekit_register(registry: Registry) -> None:
     """Add this plugin's components with ``registry.add(kind, name, factory)``.
 
     ``kind`` is one of ``"pruner"``, ``"relevance"``, ``"selection"``,
-    ``"noun_extractor"``. A name already taken raises ``ValueError``; the
+    ``"noun_extractor"``, ``"adapter"``. A name already taken raises ``ValueError``; the
     plugin is then reported and skipped as a whole.
     """

@@ -27,7 +27,7 @@ from prunekit.registry import hookspecs
 
 ENTRY_POINT_GROUP = "prunekit"
 BUILTIN_MODULE = "prunekit.builtin"
-KINDS = ("pruner", "relevance", "selection", "noun_extractor")
+KINDS = ("pruner", "relevance", "selection", "noun_extractor", "adapter")
 
 
 class PluginLoadWarning(UserWarning):
@@ -86,6 +86,9 @@ class _Staging:
 
     def add_noun_extractor(self, name: str, factory: Callable[..., Any]) -> None:
         self.add("noun_extractor", name, factory)
+
+    def add_adapter(self, name: str, factory: Callable[..., Any]) -> None:
+        self.add("adapter", name, factory)
 
 
 class Registry:

@@ -1,0 +1,17 @@
+"""Model adapters and ``attach``: prune stock models in place, restored on exit."""
+
+from prunekit.adapters.attach import AttachHandle, attach, find_adapter
+from prunekit.adapters.base import IN_ENCODER, IN_LLM, PRE_LLM, Adapter
+from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
+
+__all__ = [
+    "IN_ENCODER",
+    "IN_LLM",
+    "PRE_LLM",
+    "Adapter",
+    "AttachHandle",
+    "ImageFeatures",
+    "PreLLMAdapter",
+    "attach",
+    "find_adapter",
+]

@@ -1,0 +1,337 @@
+"""Pre-LLM pruning for LLaVA-style VLMs: prune the projected image features,
+then feed the language model a shorter sequence.
+
+The shared mechanism: when ``generate`` or ``forward`` of the model instance is
+called with pixel values, the adapter computes the image features itself,
+prunes them (all images of the batch in one batched call), removes the
+placeholder positions of dropped tokens from ``input_ids`` / ``attention_mask``
+(and ``labels``), re-pads the batch on the side it was padded, splices the kept
+features into ``inputs_embeds`` and calls the original method without pixel
+values. Generation then runs with an ordinary, shorter KV cache.
+
+Positions: ``"contiguous"`` (default, what peer pre-LLM methods do) lets the
+model number the shorter sequence as usual; ``"original"`` passes the kept
+tokens' original position ids, and generation continues after the last one.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+import inspect
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+
+from prunekit.adapters.base import PRE_LLM, Adapter, Undo, override_attribute, undo_on_error
+from prunekit.core.errors import check_choice
+
+if TYPE_CHECKING:
+    from prunekit.adapters.attach import AttachHandle
+
+Positions = Literal["contiguous", "original"]
+
+
+@dataclass
+class ImageFeatures:
+    """Projected features of the images of one call, in placeholder order.
+
+    Attributes:
+        features: one ``(n_i, d)`` tensor per image, in the order the model
+            scatters them into the image placeholders.
+        prunable: optional ``(n_i,)`` bool per image; ``False`` tokens (e.g.
+            LLaVA-NeXT's row-newline tokens) are always kept and do not count
+            towards the budget. ``None``: every token is prunable.
+    """
+
+    features: list[torch.Tensor]
+    prunable: list[torch.Tensor] | None = None
+
+
+class PreLLMAdapter(Adapter):
+    """Base of VLM adapters whose pruning point is after the projector.
+
+    A family implements :meth:`matches`, :meth:`image_features` (the projected
+    features, computed exactly as the model computes them) and names the
+    model's image placeholder id and the keyword arguments that only the vision
+    side consumes.
+
+    Options:
+        tokenizer: a tokenizer to decode the prompt for text-conditioned pruners
+            (the nouns are embedded with the LLM's input embeddings). Without it,
+            text relevance gets no text (uniform weights) and a warning says so.
+        positions: ``"contiguous"`` or ``"original"``.
+        noun_extractor: a registered noun extractor name or callable (default:
+            spaCy when installed, else the offline heuristic).
+    """
+
+    points: ClassVar[tuple[str, ...]] = (PRE_LLM,)
+    #: keyword arguments consumed by the vision side (removed before the LLM call)
+    vision_kwargs: ClassVar[tuple[str, ...]] = ("pixel_values",)
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        tokenizer: Any = None,
+        positions: Positions = "contiguous",
+        noun_extractor: Any = None,
+    ) -> None:
+        super().__init__(model)
+        self.tokenizer = tokenizer
+        self.positions = check_choice("positions", positions, ("contiguous", "original"))
+        self.noun_extractor = noun_extractor
+
+    # -- what a family provides ------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def image_token_id(self) -> int:
+        """The id of the image placeholder token in ``input_ids``."""
+
+    @abc.abstractmethod
+    def image_features(
+        self, vision_inputs: dict[str, Any], call_kwargs: dict[str, Any]
+    ) -> ImageFeatures:
+        """Projected features of the images in ``vision_inputs`` (no pruning)."""
+
+    def input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    def pad_token_id(self) -> int:
+        for config in (getattr(self.model.config, "text_config", None), self.model.config):
+            value = getattr(config, "pad_token_id", None)
+            if value is not None:
+                return int(value)
+        return 0
+
+    # -- installation ------------------------------------------------------------
+    def install(self, handle: AttachHandle) -> list[Undo]:
+        self._warn_if_text_is_missing(handle)
+        original_forward = self.model.forward
+        original_generate = self.model.generate
+
+        @functools.wraps(original_forward)  # generate() inspects forward's signature
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            kwargs = self._bind_positional(original_forward, args, kwargs)
+            return original_forward(**self.rewrite(handle, kwargs, generating=False))
+
+        @functools.wraps(original_generate)
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            if args:
+                kwargs = (
+                    {"input_ids": args[0], **kwargs} if len(args) == 1 else self._too_many(args)
+                )
+            return original_generate(**self.rewrite(handle, kwargs, generating=True))
+
+        undos: list[Undo] = []
+        with undo_on_error(undos):
+            undos.append(override_attribute(self.model, "forward", forward))
+            undos.append(override_attribute(self.model, "generate", generate))
+        return undos
+
+    @staticmethod
+    def _too_many(args: tuple) -> dict:
+        raise TypeError(f"pass generate's inputs by keyword (got {len(args)} positional arguments)")
+
+    @staticmethod
+    def _bind_positional(method: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if not args:
+            return kwargs
+        bound = inspect.signature(method).bind_partial(*args, **kwargs)
+        return dict(bound.arguments) | bound.arguments.pop("kwargs", {})
+
+    def _warn_if_text_is_missing(self, handle: AttachHandle) -> None:
+        from prunekit.strategies.relevance.text import TextRelevance
+
+        if self.tokenizer is None and isinstance(
+            getattr(handle.pruner, "relevance", None), TextRelevance
+        ):
+            warnings.warn(
+                f"{type(handle.pruner).__name__} is text-conditioned but attach() got no tokenizer: "
+                "the prompt's nouns cannot be read, so every token gets weight 1. "
+                "Pass tokenizer=processor.tokenizer.",
+                stacklevel=4,
+            )
+
+    # -- the rewrite -------------------------------------------------------------
+    def rewrite(
+        self, handle: AttachHandle, kwargs: dict[str, Any], *, generating: bool
+    ) -> dict[str, Any]:
+        """Return the call's keyword arguments with the images pruned (unchanged if it has no images)."""
+        if kwargs.get("pixel_values") is None:
+            return kwargs
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError(
+                "prunekit.attach needs input_ids (not inputs_embeds) to locate the image tokens"
+            )
+        input_ids = kwargs.get("input_ids")
+        if input_ids is None:
+            raise ValueError("prunekit.attach needs input_ids to locate the image tokens")
+        vision_inputs = {k: kwargs.pop(k) for k in self.vision_kwargs if k in kwargs}
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+
+        with torch.no_grad() if generating else contextlib.nullcontext():
+            images = self.image_features(vision_inputs, kwargs)
+        counts = [f.shape[0] for f in images.features]
+        is_image = input_ids == self.image_token_id
+        n_placeholders = int(is_image.sum())
+        if n_placeholders != sum(counts):
+            raise ValueError(
+                f"the prompt has {n_placeholders} image tokens but the images give {sum(counts)} "
+                f"features ({counts} per image); the processor and the model disagree"
+            )
+        owner = self._image_owner(is_image, counts)  # sample index of every image
+        text_embeds, text_mask = self._text(input_ids, attention_mask, is_image, owner)
+        keep_image_token = self._prune(handle, images, text_embeds, text_mask)
+
+        if all(bool(k.all()) for k in keep_image_token):
+            kwargs.update(
+                vision_inputs
+            )  # budget covers every token: the model's own path, untouched
+            return kwargs
+        return self._rebuild(
+            kwargs,
+            input_ids,
+            attention_mask,
+            is_image,
+            images,
+            keep_image_token,
+            generating=generating,
+        )
+
+    @staticmethod
+    def _image_owner(is_image: torch.Tensor, counts: list[int]) -> list[int]:
+        rows = is_image.nonzero()[:, 0].tolist()
+        owners, start = [], 0
+        for n in counts:
+            owners.append(rows[start])
+            if rows[start + n - 1] != rows[start]:
+                raise ValueError("an image's placeholder tokens span two prompts of the batch")
+            start += n
+        return owners
+
+    def _text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        is_image: torch.Tensor,
+        owner: list[int],
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.tokenizer is None:
+            return None, None
+        from prunekit.text.embed import embed_prompt_nouns
+
+        prompts = []
+        for row, mask, image in zip(input_ids, attention_mask.bool(), is_image):
+            prompts.append(
+                self.tokenizer.decode(row[mask & ~image].tolist(), skip_special_tokens=True)
+            )
+        embeds, text_mask = embed_prompt_nouns(
+            prompts, self.tokenizer, self.input_embeddings(), extractor=self.noun_extractor
+        )
+        index = torch.tensor(owner, device=embeds.device)
+        return embeds[index], text_mask[index]
+
+    def _prune(
+        self,
+        handle: AttachHandle,
+        images: ImageFeatures,
+        text_embeds: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+    ) -> list[torch.Tensor]:
+        """Prune all images in one batched call; return per image the kept flags of its tokens."""
+        feats = images.features
+        n_max = max(f.shape[0] for f in feats)
+        device = feats[0].device
+        batch = torch.zeros(
+            len(feats), n_max, feats[0].shape[1], dtype=feats[0].dtype, device=device
+        )
+        token_mask = torch.zeros(len(feats), n_max, dtype=torch.bool, device=device)
+        for i, f in enumerate(feats):
+            batch[i, : f.shape[0]] = f
+            prunable = torch.ones(f.shape[0], dtype=torch.bool, device=device)
+            if images.prunable is not None:
+                prunable = images.prunable[i].to(device)
+            token_mask[i, : f.shape[0]] = prunable
+        if text_embeds is not None:
+            text_embeds = text_embeds.to(device)
+            text_mask = text_mask.to(device)
+        result = handle.prune(
+            batch, text_embeds=text_embeds, text_mask=text_mask, token_mask=token_mask
+        )
+        keep = result.mask | ~token_mask  # non-prunable tokens are always kept
+        return [keep[i, : f.shape[0]] for i, f in enumerate(feats)]
+
+    def _rebuild(
+        self,
+        kwargs: dict[str, Any],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        is_image: torch.Tensor,
+        images: ImageFeatures,
+        keep_image_token: list[torch.Tensor],
+        *,
+        generating: bool,
+    ) -> dict[str, Any]:
+        device = input_ids.device
+        real = attention_mask.bool()
+        keep = real.clone()
+        keep[is_image] = torch.cat(keep_image_token).to(device)
+        lengths = keep.sum(dim=1)
+        width = int(lengths.max())
+        batch = input_ids.shape[0]
+        right_padded = bool((~real[:, -1]).any()) and not bool((~real[:, 0]).any())
+        offset = torch.zeros_like(lengths) if right_padded else width - lengths
+        target = (
+            offset.unsqueeze(1) + keep.long().cumsum(dim=1) - 1
+        )  # new column of every kept position
+        rows, cols = keep.nonzero(as_tuple=True)
+        new_cols = target[rows, cols]
+
+        new_ids = torch.full(
+            (batch, width), self.pad_token_id(), dtype=input_ids.dtype, device=device
+        )
+        new_ids[rows, new_cols] = input_ids[rows, cols]
+        new_mask = torch.zeros(batch, width, dtype=attention_mask.dtype, device=device)
+        new_mask[rows, new_cols] = 1
+
+        embedding = self.input_embeddings()
+        embeds = embedding(new_ids)
+        kept_features = torch.cat(
+            [f[k.to(f.device)] for f, k in zip(images.features, keep_image_token)]
+        )
+        new_image = new_ids == self.image_token_id
+        new_image &= new_mask.bool()
+        embeds = embeds.masked_scatter(
+            new_image.unsqueeze(-1), kept_features.to(embeds.dtype).to(device)
+        )
+
+        # generate() takes both (the ids carry the prompt into its output); forward() only the embeds
+        kwargs["input_ids"] = new_ids if generating else None
+        kwargs["inputs_embeds"] = embeds
+        kwargs["attention_mask"] = new_mask
+        if kwargs.get("labels") is not None:
+            labels = torch.full((batch, width), -100, dtype=kwargs["labels"].dtype, device=device)
+            labels[rows, new_cols] = kwargs["labels"][rows, cols]
+            kwargs["labels"] = labels
+        position_ids = kwargs.get("position_ids")
+        if self.positions == "original" or position_ids is not None:
+            if position_ids is None:  # the positions the model itself would have used
+                if generating:
+                    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
+                else:
+                    position_ids = torch.arange(input_ids.shape[1], device=device).expand(batch, -1)
+            new_positions = torch.zeros(batch, width, dtype=position_ids.dtype, device=device)
+            if self.positions == "original":
+                new_positions[rows, new_cols] = position_ids[rows, cols]
+            else:
+                new_positions = (
+                    (new_mask.long().cumsum(dim=1) - 1).clamp_min(0).to(position_ids.dtype)
+                )
+            kwargs["position_ids"] = new_positions
+        return kwargs

@@ -1,0 +1,202 @@
+"""prunekit.attach on a tiny random LLaVA: generate / forward pruned, token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import IMAGE_TOKEN_ID, left_pad, prompt_ids, tiny_llava
+
+import prunekit
+
+N_IMAGE = 16  # 32 px / 8 px patches, CLS dropped by the 'default' strategy
+GEN = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava()
+
+
+def batch(texts=((7, 8, 9), (10, 11)), seed=0):
+    ids, mask = left_pad([prompt_ids(list(t), N_IMAGE) for t in texts])
+    pixels = torch.randn(len(texts), 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+def reference_generate(model, inputs, kept, positions="contiguous", **gen):
+    """Hand-built reference: the model's own image features, only the kept rows, spliced into
+    inputs_embeds of a prompt whose dropped placeholders are removed; then plain generate."""
+    feats = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    rows, pos = [], []
+    for b in range(inputs["input_ids"].shape[0]):
+        ids = inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
+        image_slots = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_ID]
+        drop = {image_slots[j] for j in range(N_IMAGE) if j not in set(kept[b])}
+        rows.append([t for i, t in enumerate(ids) if i not in drop])
+        pos.append([i for i in range(len(ids)) if i not in drop])
+    ids, mask = left_pad(rows)
+    embeds = model.get_input_embeddings()(ids)
+    kept_feats = torch.cat([feats[b][sorted(kept[b])] for b in range(len(kept))])
+    embeds = embeds.masked_scatter((ids == IMAGE_TOKEN_ID).unsqueeze(-1), kept_feats)
+    extra = {}
+    if positions == "original":
+        position_ids = torch.zeros_like(ids)
+        for b, p in enumerate(pos):
+            position_ids[b, ids.shape[1] - len(p) :] = torch.tensor(p)
+        extra["position_ids"] = position_ids
+    return model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, **extra, **gen)
+
+
+def strip_pad(sequences, width_new):
+    return [row[-width_new:].tolist() for row in sequences]
+
+
+@pytest.mark.parametrize("pruner", ["resprune", "composed"])
+def test_full_budget_is_the_unpruned_model(model, pruner):
+    inputs = batch()
+    expected = model.generate(**inputs, **GEN)
+    with prunekit.attach(model, pruner, budget=N_IMAGE) as handle:
+        got = model.generate(**inputs, **GEN)
+    assert torch.equal(got, expected)
+    assert handle.results[0].counts.tolist() == [N_IMAGE, N_IMAGE]
+
+
+@pytest.mark.parametrize("positions", ["contiguous", "original"])
+@pytest.mark.parametrize("budget", [4, 0.5])
+def test_pruned_generate_equals_hand_built_reference(model, positions, budget):
+    inputs = batch()
+    with prunekit.attach(model, "resprune", budget=budget, positions=positions) as handle:
+        got = model.generate(**{k: v.clone() for k, v in inputs.items()}, **GEN)
+    (result,) = handle.results
+    kept = [row.tolist() for row in result.indices]
+    assert all(len(k) == prunekit.num_kept(N_IMAGE, budget) for k in kept)
+    expected = reference_generate(model, inputs, kept, positions, **GEN)
+    assert torch.equal(got, expected)
+    assert (
+        got.shape[1]
+        == inputs["input_ids"].shape[1] - (N_IMAGE - len(kept[0])) + GEN["max_new_tokens"]
+    )
+
+
+def test_positions_option_changes_the_computation(model):
+    inputs = batch()
+    outs = {}
+    for positions in ("contiguous", "original"):
+        with prunekit.attach(model, "resprune", budget=4, positions=positions):
+            outs[positions] = model(**inputs).logits
+    assert outs["contiguous"].shape == outs["original"].shape
+    assert not torch.allclose(outs["contiguous"], outs["original"])
+
+
+def test_pruned_forward_equals_reference_forward(model):
+    inputs = batch()
+    with prunekit.attach(model, "resprune", budget=5) as handle:
+        logits = model(**inputs).logits
+    kept = [row.tolist() for row in handle.results[0].indices]
+    ref_ids = reference_generate(model, inputs, kept, max_new_tokens=1, do_sample=False)
+    # reconstruct the reference prompt (without the generated token) and run forward on embeds
+    prompt = ref_ids[:, :-1]
+    feats = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+    embeds = model.get_input_embeddings()(prompt).masked_scatter(
+        (prompt == IMAGE_TOKEN_ID).unsqueeze(-1), torch.cat([f[k] for f, k in zip(feats, kept)])
+    )
+    mask = (prompt != 0).long()
+    expected = model(inputs_embeds=embeds, attention_mask=mask).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
+def test_model_restored_after_exit_and_on_error(model):
+    inputs = batch()
+    before = model(**inputs).logits
+    forward_attr = type(model).forward
+    with prunekit.attach(model, "resprune", budget=3):
+        assert "forward" in model.__dict__ and "generate" in model.__dict__
+        pruned = model(**inputs).logits
+    assert pruned.shape[1] < before.shape[1]
+    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
+    assert type(model).forward is forward_attr
+    assert torch.equal(model(**inputs).logits, before)
+    with pytest.raises(RuntimeError, match="boom"), prunekit.attach(model, "resprune", budget=3):
+        raise RuntimeError("boom")
+    assert "forward" not in model.__dict__
+    assert torch.equal(model(**inputs).logits, before)
+    other = tiny_llava(seed=1)  # another instance is never touched
+    with prunekit.attach(model, "resprune", budget=3):
+        assert "forward" not in other.__dict__
+
+
+def test_batch_equals_each_prompt_alone(model):
+    texts = ((7, 8, 9, 12, 13), (10, 11))
+    inputs = batch(texts, seed=3)
+    with prunekit.attach(model, "resprune", budget=6):
+        together = model.generate(**inputs, **GEN)
+    for b, t in enumerate(texts):
+        alone_inputs = batch((t,), seed=3)
+        alone_inputs["pixel_values"] = inputs["pixel_values"][b : b + 1]
+        with prunekit.attach(model, "resprune", budget=6):
+            alone = model.generate(**alone_inputs, **GEN)
+        width = alone.shape[1]
+        assert together[b, -width:].tolist() == alone[0].tolist()
+
+
+def test_kv_cache_equals_recomputation(model):
+    inputs = batch()
+    with prunekit.attach(model, "resprune", budget=5):
+        cached = model.generate(**inputs, **GEN, use_cache=True)
+        uncached = model.generate(**inputs, **GEN, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_text_conditioning_uses_the_prompt_nouns(model):
+    class Words:
+        """A tiny word-level tokenizer over the tiny vocabulary."""
+
+        words = {7: "red", 8: "triangle", 9: "?", 10: "blue", 11: "circle", 12: "square", 13: "big"}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(self.words.get(i, "") for i in ids).strip()
+
+        def __call__(self, text, add_special_tokens=False):
+            inverse = {v: k for k, v in self.words.items()}
+            return {"input_ids": [inverse[w] for w in text.split() if w in inverse]}
+
+    inputs = batch()
+    with prunekit.attach(model, prunekit.ResPrune(alpha=4.0), budget=4, tokenizer=Words()) as h:
+        model(**inputs)
+    with (
+        pytest.warns(UserWarning, match="no tokenizer"),
+        prunekit.attach(model, prunekit.ResPrune(alpha=4.0), budget=4) as h_none,
+    ):
+        model(**inputs)
+    assert not torch.equal(h.results[0].indices, h_none.results[0].indices)
+    assert h.results[0].scores is not None and not torch.all(h.results[0].scores == 1)
+    assert torch.all(h_none.results[0].scores == 1)
+
+
+def test_mismatched_image_tokens(model):
+    inputs = batch()
+    inputs["input_ids"] = inputs["input_ids"].clone()
+    inputs["input_ids"][0, -3] = IMAGE_TOKEN_ID
+    with (
+        prunekit.attach(model, "resprune", budget=4),
+        pytest.raises(ValueError, match="image tokens but the images give"),
+    ):
+        model(**inputs)
+
+
+def test_unsupported_model_lists_families():
+    with pytest.raises(TypeError, match=r"no adapter for Linear; supported families: \[.*'llava'"):
+        with prunekit.attach(torch.nn.Linear(2, 2), "resprune", budget=4):
+            pass
+
+
+def test_bad_options(model):
+    with pytest.raises(ValueError, match="positions must be one of"):
+        with prunekit.attach(model, "resprune", budget=4, positions="shifted"):
+            pass
+    with pytest.raises(TypeError, match="unexpected keyword argument 'layr'"):
+        with prunekit.attach(model, "resprune", budget=4, layr=3):
+            pass
+    with pytest.raises(ValueError, match="budget"):
+        with prunekit.attach(model, "resprune", budget=0):
+            pass
