@@ -27,10 +27,37 @@ def test_api_example_runs():
 
 def test_plugin_example_registers_and_prunes():
     namespace: dict = {"__name__": "readme_plugin"}
-    exec(compile(python_blocks()[1], "README-plugin", "exec"), namespace)
+    exec(compile(python_blocks()[2], "README-plugin", "exec"), namespace)
     registry = Registry()
     module = type("Plugin", (), {"prunekit_register": staticmethod(namespace["prunekit_register"])})
     assert registry.register_plugin(module, name="readme_plugin")
     pruner = registry.create("pruner", "my_pruner")
     tokens = torch.tensor([[[1.0], [5.0], [2.0], [4.0]]])
     assert pruner.prune(tokens, budget=2).indices.tolist() == [[1, 3]]
+
+
+def test_llava_example_runs():
+    """The README's "prune a LLaVA" block, on the tiny random LLaVA of the adapter tests."""
+    from tiny_models import left_pad, prompt_ids, tiny_llava
+
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(f"w{i}" for i in ids)
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [int(w[1:]) for w in text.split()]}
+
+    class Processor:
+        tokenizer = Tokenizer()
+
+        def batch_decode(self, sequences, skip_special_tokens=True):
+            return [self.tokenizer.decode(row.tolist()) for row in sequences]
+
+    model = tiny_llava()
+    ids, mask = left_pad([prompt_ids([7, 8], 16)])
+    inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(1, 3, 32, 32)}
+    block = python_blocks()[1].replace("budget=128", "budget=4")
+    namespace = {"model": model, "processor": Processor(), "inputs": inputs}
+    exec(compile(block, "README-llava", "exec"), namespace)
+    assert namespace["handle"].results[0].indices.shape == (1, 4)
+    assert ids.shape[1] - 12 < namespace["output"].shape[1] <= ids.shape[1] - 12 + 32
