@@ -79,11 +79,30 @@ class PreLLMAdapter(Adapter):
         tokenizer: Any = None,
         positions: Positions = "contiguous",
         noun_extractor: Any = None,
+        llm_layer: int | None = None,
     ) -> None:
         super().__init__(model)
         self.tokenizer = tokenizer
         self.positions = check_choice("positions", positions, ("contiguous", "original"))
         self.noun_extractor = noun_extractor
+        self.llm_pruning = None
+        if llm_layer is not None:
+            from prunekit.adapters.llm_layers import DecoderLayerPruning
+
+            language_model = self.language_model()
+            self.llm_pruning = DecoderLayerPruning(
+                language_model.layers, llm_layer, language_model.config._attn_implementation
+            )
+
+    def language_model(self) -> torch.nn.Module:
+        """The decoder (with ``.layers``) that receives the visual tokens."""
+        inner = getattr(self.model, "model", self.model)
+        decoder = getattr(inner, "language_model", None)
+        if decoder is None or not hasattr(decoder, "layers"):
+            raise TypeError(
+                f"{type(self.model).__name__} has no language_model with decoder layers"
+            )
+        return decoder
 
     # -- what a family provides ------------------------------------------------
     @property
@@ -116,6 +135,9 @@ class PreLLMAdapter(Adapter):
         @functools.wraps(original_forward)  # generate() inspects forward's signature
         def forward(*args: Any, **kwargs: Any) -> Any:
             kwargs = self._bind_positional(original_forward, args, kwargs)
+            if self.llm_pruning is not None:
+                self._mark_images_for_llm(kwargs)
+                return original_forward(**kwargs)
             return original_forward(**self.rewrite(handle, kwargs, generating=False))
 
         @functools.wraps(original_generate)
@@ -124,13 +146,33 @@ class PreLLMAdapter(Adapter):
                 kwargs = (
                     {"input_ids": args[0], **kwargs} if len(args) == 1 else self._too_many(args)
                 )
+            if self.llm_pruning is not None:  # pruned inside the LLM by the forward wrapper
+                return original_generate(**kwargs)
             return original_generate(**self.rewrite(handle, kwargs, generating=True))
 
         undos: list[Undo] = []
         with undo_on_error(undos):
+            if self.llm_pruning is not None:
+                undos.extend(self.llm_pruning.install(handle))
             undos.append(override_attribute(self.model, "forward", forward))
             undos.append(override_attribute(self.model, "generate", generate))
         return undos
+
+    def _mark_images_for_llm(self, kwargs: dict[str, Any]) -> None:
+        """Tell the in-LLM pruning which prompt positions are image tokens (or that this is a decode step)."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        input_ids = kwargs.get("input_ids")
+        # generate() may pass precomputed image features instead of pixel values
+        carries_images = any(
+            kwargs.get(k) is not None for k in ("pixel_values", "mm_encoder_outputs")
+        )
+        if carries_images and input_ids is None:
+            raise ValueError("prunekit.attach needs input_ids to locate the image tokens")
+        is_image = None if input_ids is None else input_ids == self.image_token_id
+        if is_image is None or not bool(is_image.any()):
+            self.llm_pruning.continue_or_reset(cache)
+            return
+        self.llm_pruning.begin(is_image, kwargs.get("attention_mask"), cache)
 
     @staticmethod
     def _too_many(args: tuple) -> dict:
