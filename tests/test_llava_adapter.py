@@ -200,3 +200,22 @@ def test_bad_options(model):
     with pytest.raises(ValueError, match="budget"):
         with prunekit.attach(model, "resprune", budget=0):
             pass
+
+
+def test_precomputed_encoder_outputs_are_refused(model):
+    inputs = batch()
+    features = model.model.get_image_features(pixel_values=inputs.pop("pixel_values"))
+    with (
+        prunekit.attach(model, "resprune", budget=4),
+        pytest.raises(ValueError, match="mm_encoder_outputs"),
+    ):
+        model(**inputs, mm_encoder_outputs={"image": features})
+
+
+def test_one_result_per_generate_call(model):
+    """generate() prunes once (at its own entry), not again in its internal forward calls."""
+    inputs = batch()
+    for budget in (N_IMAGE, 4):
+        with prunekit.attach(model, "resprune", budget=budget) as handle:
+            model.generate(**inputs, **GEN)
+        assert len(handle.results) == 1

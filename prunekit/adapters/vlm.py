@@ -85,6 +85,7 @@ class PreLLMAdapter(Adapter):
         self.tokenizer = tokenizer
         self.positions = check_choice("positions", positions, ("contiguous", "original"))
         self.noun_extractor = noun_extractor
+        self._generating = False
         self.llm_pruning = None
         if llm_layer is not None:
             from prunekit.adapters.llm_layers import DecoderLayerPruning
@@ -138,6 +139,8 @@ class PreLLMAdapter(Adapter):
             if self.llm_pruning is not None:
                 self._mark_images_for_llm(kwargs)
                 return original_forward(**kwargs)
+            if self._generating:  # generate()'s own calls: its inputs were pruned already
+                return original_forward(**kwargs)
             return original_forward(**self.rewrite(handle, kwargs, generating=False))
 
         @functools.wraps(original_generate)
@@ -148,7 +151,12 @@ class PreLLMAdapter(Adapter):
                 )
             if self.llm_pruning is not None:  # pruned inside the LLM by the forward wrapper
                 return original_generate(**kwargs)
-            return original_generate(**self.rewrite(handle, kwargs, generating=True))
+            kwargs = self.rewrite(handle, kwargs, generating=True)
+            self._generating = True
+            try:
+                return original_generate(**kwargs)
+            finally:
+                self._generating = False
 
         undos: list[Undo] = []
         with undo_on_error(undos):
@@ -204,6 +212,11 @@ class PreLLMAdapter(Adapter):
     ) -> dict[str, Any]:
         """Return the call's keyword arguments with the images pruned (unchanged if it has no images)."""
         if kwargs.get("pixel_values") is None:
+            if kwargs.get("mm_encoder_outputs") is not None:
+                raise ValueError(
+                    "prunekit.attach prunes images given as pixel_values; precomputed "
+                    "mm_encoder_outputs would bypass the pruning"
+                )
             return kwargs
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError(
