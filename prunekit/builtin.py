@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from prunekit.adapters.internvl import InternVLAdapter
 from prunekit.adapters.llava import LlavaAdapter
+from prunekit.adapters.llava_next import LlavaNextAdapter
 from prunekit.pruners import ComposedPruner, ResPrune
 from prunekit.registry import hookimpl
 from prunekit.strategies import (
@@ -27,3 +29,5 @@ def prunekit_register(registry) -> None:
     registry.add_noun_extractor("heuristic", HeuristicNounExtractor)
     registry.add_noun_extractor("spacy", SpacyNounExtractor)
     registry.add_adapter("llava", LlavaAdapter)
+    registry.add_adapter("llava_next", LlavaNextAdapter)
+    registry.add_adapter("internvl", InternVLAdapter)
