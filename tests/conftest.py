@@ -7,10 +7,16 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 import prunekit  # noqa: E402
+
+# HYPOTHESIS_PROFILE=stress runs the property tests much longer than CI does.
+settings.register_profile("default", max_examples=30)
+settings.register_profile("stress", max_examples=600)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Compositions tested in addition to every registered pruner with its defaults.
 COMPOSITIONS = [

@@ -42,15 +42,23 @@ def weights_from_relevance(r, alpha, eps=1e-6):
     spread = r.max() - r.min()
     if spread <= eps:
         return np.ones_like(r)
-    return ((r - r.min()) / (spread + eps)) ** alpha
+    normed = (r - r.min()) / (spread + eps)
+    normed[r - r.min() <= spread * 1e-5] = 0.0
+    return normed**alpha
 
 
-def resprune_reference(x, k, weights, rank_tol=1e-10):
+def first_near_max(score, tie_rtol):
+    """Lowest index whose score is within tie_rtol (relative) of the maximum."""
+    best = score.max()
+    return int(np.flatnonzero(score >= best - abs(best) * tie_rtol)[0])
+
+
+def resprune_reference(x, k, weights, rank_tol=1e-10, tie_rtol=1e-5):
     """Greedy argmax of w_i * E_S(x_i), returning (picks in order, score rows per step).
 
     A token whose residual is at most ``rank_tol`` of its own energy counts as
-    explained; when no remaining token has a positive score, fill by weight,
-    ties to the lowest index.
+    explained; when no remaining token has a positive score, fill by weight.
+    Scores within ``tie_rtol`` of the best tie, and ties go to the lowest index.
     """
     x = np.asarray(x, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
@@ -63,10 +71,10 @@ def resprune_reference(x, k, weights, rank_tol=1e-10):
         score[kept] = -np.inf
         steps.append(score.copy())
         if score.max() > 0:
-            pick = int(np.argmax(score))
+            pick = first_near_max(score, tie_rtol)
         else:
             fill = w.copy()
             fill[kept] = -np.inf
-            pick = int(np.argmax(fill))
+            pick = first_near_max(fill, tie_rtol)
         kept.append(pick)
     return kept, steps

@@ -38,7 +38,7 @@ def problems(draw):
 
 
 @pytest.mark.parametrize("case", pruner_cases(), ids=case_id)
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=problems())
 def test_prune_properties(case, problem):
     tokens, text, mask, budget = problem

@@ -80,12 +80,16 @@ class TextRelevance(RelevanceStrategy):
             the cosine (VLM adapters pass the mean row of the LLM's input
             embeddings); ``None`` is the paper's plain cosine.
         eps: the min-max normalisation's stabiliser.
+        tie_rtol: relevances within ``tie_rtol * (max r - min r)`` of the minimum
+            count as the minimum (weight 0), so rounding differences between
+            duplicate tokens cannot decide which of them gets a zero weight.
     """
 
     aggregation: Aggregation = "max"
     alpha: float = 1.0
     center: torch.Tensor | None = None
     eps: float = 1e-6
+    tie_rtol: float = 1e-5
 
     name = "text"
 
@@ -129,6 +133,8 @@ class TextRelevance(RelevanceStrategy):
         r_max = rel.masked_fill(~valid, -math.inf).amax(dim=1, keepdim=True)
         spread = r_max - r_min
         normed = ((rel - r_min) / (spread + self.eps)).clamp(0.0, 1.0)
+        # float noise between duplicate tokens must not decide which one is "the minimum"
+        normed = normed.masked_fill(rel - r_min <= spread * self.tie_rtol, 0.0)
         w = normed.pow(self.alpha)
         informative = inputs.has_text.unsqueeze(1) & (spread > self.eps)
         w = torch.where(informative, w, torch.ones_like(w))

@@ -27,7 +27,17 @@ class SelectionStrategy(abc.ABC):
         """``(B, num_keep)`` picks in priority order."""
 
 
-def rank_descending(keys: torch.Tensor, valid: torch.Tensor, num_keep: int) -> torch.Tensor:
-    """Indices of the ``num_keep`` largest ``keys`` per row among ``valid`` ones, ties to the lowest index."""
+def rank_descending(
+    keys: torch.Tensor, valid: torch.Tensor, num_keep: int, tie_rtol: float = 0.0
+) -> torch.Tensor:
+    """Indices of the ``num_keep`` largest ``keys`` per row among ``valid`` ones, ties to the lowest index.
+
+    With ``tie_rtol > 0`` non-negative keys are first snapped to a grid of
+    ``tie_rtol`` times the row's largest key, so values that differ only by
+    float rounding (duplicate tokens) tie.
+    """
+    if tie_rtol > 0:
+        scale = keys.masked_fill(~valid, 0).amax(dim=1, keepdim=True) * tie_rtol
+        keys = torch.where(scale > 0, torch.round(keys / scale.clamp_min(1e-30)), keys)
     keys = keys.masked_fill(~valid, -torch.inf)
     return torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :num_keep]

@@ -13,7 +13,8 @@ most ``rank_tol`` of its own energy counts as already explained (score 0).
 When no remaining token has a positive weighted residual (``K`` exceeds the
 rank, or only zero-weight tokens are left), the rest are filled in order of
 weight, ties to the lowest index; picking such a token still projects out
-whatever direction it adds.
+whatever direction it adds. Ties are scores within ``tie_rtol`` (relative) of
+the best, so duplicate tokens are broken the same way whatever the batch shape.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ GRAM_METHODS = ("auto", "gram", "rows")
 DEFAULT_RANK_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
 
+def _first_near_max(score: torch.Tensor, best: torch.Tensor, tie_rtol: float) -> torch.Tensor:
+    """Per row, the lowest index whose score is within ``tie_rtol`` (relative) of the row's best.
+
+    Float rounding differs between shapes (a sample alone or padded in a batch),
+    so exact ties such as duplicate tokens would otherwise be broken by noise.
+    """
+    near = score >= best - best.abs() * tie_rtol
+    return near.to(torch.uint8).argmax(dim=1)
+
+
 def _gram_bytes(tokens: torch.Tensor) -> int:
     batch, n, _ = tokens.shape
     return batch * n * n * tokens.element_size()
@@ -46,6 +57,7 @@ def greedy_residual_order(
     valid: torch.Tensor | None = None,
     *,
     rank_tol: float | None = None,
+    tie_rtol: float = 1e-5,
     method: GramMethod = "auto",
     max_gram_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
@@ -58,6 +70,8 @@ def greedy_residual_order(
         valid: ``(B, N)`` bool; invalid tokens are never picked while valid ones remain.
         rank_tol: relative residual below which a token counts as explained;
             ``None`` picks 1e-4 for float32 and 1e-10 for float64.
+        tie_rtol: scores within this relative distance of the best are ties,
+            won by the lowest index.
         method: ``"gram"`` (one ``N x N`` GEMM), ``"rows"`` (one Gram row per
             step, no ``N x N`` matrix) or ``"auto"`` (``"gram"`` unless the Gram
             matrices would exceed ``max_gram_bytes``).
@@ -87,9 +101,11 @@ def greedy_residual_order(
     for step in range(num_keep):
         candidate = available & (energy > tol)
         score = torch.where(candidate, weights * energy, neg_inf)
-        best_score, best = score.max(dim=1)
-        fill = torch.where(available, weights, neg_inf).argmax(dim=1)
-        pick = torch.where(best_score > 0, best, fill)
+        best_score = score.amax(dim=1, keepdim=True)
+        best = _first_near_max(score, best_score, tie_rtol)
+        fill_score = torch.where(available, weights, neg_inf)
+        fill = _first_near_max(fill_score, fill_score.amax(dim=1, keepdim=True), tie_rtol)
+        pick = torch.where(best_score.squeeze(1) > 0, best, fill)
 
         picked_energy = energy[batch_index, pick]
         independent = picked_energy > tol[batch_index, pick]
@@ -118,6 +134,7 @@ class GreedyResidualSelection(SelectionStrategy):
     """
 
     rank_tol: float | None = None
+    tie_rtol: float = 1e-5
     method: GramMethod = "auto"
     max_gram_bytes: int = 256 * 2**20
 
@@ -127,6 +144,8 @@ class GreedyResidualSelection(SelectionStrategy):
         check_choice("method", self.method, GRAM_METHODS)
         if self.rank_tol is not None and not (0 <= self.rank_tol < 1):
             raise ValueError(f"rank_tol must be in [0, 1), got {self.rank_tol}")
+        if not (0 <= self.tie_rtol < 1):
+            raise ValueError(f"tie_rtol must be in [0, 1), got {self.tie_rtol}")
         if self.max_gram_bytes < 0:
             raise ValueError(f"max_gram_bytes must be >= 0, got {self.max_gram_bytes}")
 
@@ -137,6 +156,7 @@ class GreedyResidualSelection(SelectionStrategy):
             num_keep,
             inputs.token_mask,
             rank_tol=self.rank_tol,
+            tie_rtol=self.tie_rtol,
             method=self.method,
             max_gram_bytes=self.max_gram_bytes,
         )
