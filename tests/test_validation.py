@@ -137,3 +137,40 @@ def test_wrong_strategy_type():
         prunekit.create_pruner("composed", relevance=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'alpah'"):
         prunekit.create_pruner("resprune", alpah=1.0)
+
+
+class NeedsAttention(prunekit.TokenPruner):
+    """Keeps the tokens with the most [CLS] attention (head mean)."""
+
+    required_signals = frozenset({"cls_attention"})
+
+    def select(self, inputs, num_keep):
+        scores = inputs.signals["cls_attention"].mean(dim=1).masked_fill(~inputs.token_mask, -1)
+        return prunekit.Picks(order=scores.argsort(dim=1, descending=True)[:, :num_keep])
+
+
+def test_signals_reach_the_pruner():
+    attention = torch.tensor([[[0.1, 0.5, 0.2, 0.0, 0.9, 0.3, 0.0, 0.0, 0.0, 0.0]]]).expand(
+        2, 3, -1
+    )
+    result = NeedsAttention().prune(X, budget=2, signals={"cls_attention": attention})
+    assert result.indices.tolist() == [[1, 4], [1, 4]]
+
+
+@pytest.mark.parametrize(
+    ("signals", "error", "match"),
+    [
+        (None, ValueError, r"needs the signals \['cls_attention'\]"),
+        ({"other": torch.zeros(2, 10)}, ValueError, r"needs the signals \['cls_attention'\]"),
+        (
+            {"cls_attention": torch.zeros(3, 1, 10)},
+            ValueError,
+            r"signals\['cls_attention'\] must have the batch size 2",
+        ),
+        ({"cls_attention": [0.0]}, TypeError, r"signals\['cls_attention'\] must be a torch.Tensor"),
+        ([("cls_attention", torch.zeros(2, 10))], TypeError, "signals must be a mapping"),
+    ],
+)
+def test_bad_signals(signals, error, match):
+    with pytest.raises(error, match=match):
+        NeedsAttention().prune(X, budget=2, signals=signals)

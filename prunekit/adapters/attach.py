@@ -28,6 +28,11 @@ class AttachHandle:
     budget: Budget
     results: list[PruneResult] = field(default_factory=list)
 
+    @property
+    def required_signals(self) -> frozenset[str]:
+        """The model signals the pruner needs; adapters compute only these."""
+        return self.pruner.required_signals
+
     def prune(
         self,
         tokens: torch.Tensor,
@@ -36,6 +41,7 @@ class AttachHandle:
         text_mask: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         budget: Budget | None = None,
+        signals: dict[str, torch.Tensor] | None = None,
     ) -> PruneResult:
         """Run the pruner (on detached tokens) and record the result."""
         result = self.pruner.prune(
@@ -44,6 +50,7 @@ class AttachHandle:
             text_embeds=None if text_embeds is None else text_embeds.detach(),
             text_mask=text_mask,
             token_mask=token_mask,
+            signals=None if signals is None else {k: v.detach() for k, v in signals.items()},
         )
         self.results.append(result)
         return result

@@ -6,7 +6,8 @@ error names the offending argument, and nothing downstream has to re-check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,12 +23,17 @@ class PruneInputs:
         text_embeds: ``(B, M, d)`` text embeddings in the tokens' space, or ``None``.
         text_mask: ``(B, M)`` bool, ``True`` for real text rows, or ``None``
             when there is no text.
+        signals: named model signals beyond the tokens (e.g. ``"cls_attention"``
+            ``(B, H, N)`` from a vision encoder), each with batch dimension first,
+            in the compute dtype. Pruners declare the ones they need in
+            :attr:`TokenPruner.required_signals`; adapters provide them.
     """
 
     tokens: torch.Tensor
     token_mask: torch.Tensor
     text_embeds: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    signals: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
@@ -88,6 +94,7 @@ def validate_inputs(
     text_embeds: object = None,
     text_mask: object = None,
     token_mask: object = None,
+    signals: object = None,
 ) -> PruneInputs:
     """Check the arguments of :meth:`TokenPruner.prune` and normalise them.
 
@@ -98,7 +105,8 @@ def validate_inputs(
         TypeError: a non-tensor, a non-float tensor or a non-bool mask.
         ValueError: wrong dimensions or shapes, mismatched devices, an empty
             token set (including a sample whose ``token_mask`` is all ``False``),
-            NaN or Inf values, or a ``text_mask`` without ``text_embeds``.
+            NaN or Inf values, a ``text_mask`` without ``text_embeds``, or a
+            signal whose first dimension is not the batch.
     """
     tokens = _check_tensor("tokens", tokens)
     if tokens.dim() != 3:
@@ -148,6 +156,29 @@ def validate_inputs(
         _check_finite("text_embeds", text, text_valid)
         text = text.to(dtype)
 
+    checked_signals: dict[str, torch.Tensor] = {}
+    if signals is not None:
+        if not isinstance(signals, Mapping):
+            raise TypeError(
+                f"signals must be a mapping of names to tensors, got {type(signals).__name__}"
+            )
+        for name, value in signals.items():
+            value = _check_tensor(f"signals[{name!r}]", value)
+            if value.dim() == 0 or value.shape[0] != batch:
+                raise ValueError(
+                    f"signals[{name!r}] must have the batch size {batch} as first dimension, "
+                    f"got shape {tuple(value.shape)}"
+                )
+            if value.device != device:
+                raise ValueError(
+                    f"signals[{name!r}] is on {value.device} but tokens are on {device}"
+                )
+            checked_signals[name] = value.to(dtype) if value.is_floating_point() else value
+
     return PruneInputs(
-        tokens=tokens.to(dtype), token_mask=valid, text_embeds=text, text_mask=text_valid
+        tokens=tokens.to(dtype),
+        token_mask=valid,
+        text_embeds=text,
+        text_mask=text_valid,
+        signals=checked_signals,
     )

@@ -9,6 +9,7 @@ the identity short-cut and the result object. A method implements only
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,6 +59,9 @@ class TokenPruner(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: names of the model signals :meth:`select` reads from ``inputs.signals``
+    #: (e.g. ``"cls_attention"``); adapters provide them, ``prune`` checks them.
+    required_signals: ClassVar[frozenset[str]] = frozenset()
 
     def prune(
         self,
@@ -67,6 +71,7 @@ class TokenPruner(abc.ABC):
         text_embeds: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
+        signals: Mapping[str, torch.Tensor] | None = None,
     ) -> PruneResult:
         """Select the tokens each sample keeps.
 
@@ -80,6 +85,8 @@ class TokenPruner(abc.ABC):
             text_mask: ``(B, M)`` bool, ``True`` for real text rows.
             token_mask: ``(B, N)`` bool, ``True`` for real tokens; padded tokens
                 are never selected and do not count towards a float budget.
+            signals: model signals named in :attr:`required_signals` (e.g.
+                ``{"cls_attention": (B, H, N)}``); a missing one raises ``ValueError``.
 
         Returns:
             A :class:`PruneResult`; kept indices are ascending. When the budget
@@ -88,8 +95,18 @@ class TokenPruner(abc.ABC):
         """
         budget = check_budget(budget)
         inputs = validate_inputs(
-            tokens, text_embeds=text_embeds, text_mask=text_mask, token_mask=token_mask
+            tokens,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            token_mask=token_mask,
+            signals=signals,
         )
+        missing = self.required_signals - set(inputs.signals)
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} needs the signals {sorted(missing)} in signals=...; "
+                "prunekit.attach provides them for models whose adapter can"
+            )
         valid_counts = inputs.valid_counts
         counts = kept_counts(valid_counts, budget)
         n_tokens = inputs.num_tokens
