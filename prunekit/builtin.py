@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from prunekit.adapters.hf_encoders import HFClipAdapter, HFDinov2Adapter, HFSiglipAdapter
 from prunekit.adapters.internvl import InternVLAdapter
 from prunekit.adapters.llava import LlavaAdapter
 from prunekit.adapters.llava_next import LlavaNextAdapter
+from prunekit.adapters.open_clip_vit import OpenClipViTAdapter
+from prunekit.adapters.timm_vit import TimmViTAdapter
 from prunekit.pruners import ComposedPruner, ResPrune
 from prunekit.registry import hookimpl
 from prunekit.strategies import (
@@ -31,3 +34,8 @@ def prunekit_register(registry) -> None:
     registry.add_adapter("llava", LlavaAdapter)
     registry.add_adapter("llava_next", LlavaNextAdapter)
     registry.add_adapter("internvl", InternVLAdapter)
+    registry.add_adapter("hf_clip", HFClipAdapter)
+    registry.add_adapter("hf_siglip", HFSiglipAdapter)
+    registry.add_adapter("hf_dinov2", HFDinov2Adapter)
+    registry.add_adapter("timm_vit", TimmViTAdapter)
+    registry.add_adapter("open_clip", OpenClipViTAdapter)
