@@ -117,6 +117,13 @@ def attach(
         get_registry().spec("adapter", adapter).factory if adapter else find_adapter(model)
     )
     instance = adapter_cls(model, **options)
+    missing = pruner.required_signals - instance.available_signals()
+    if missing:
+        raise ValueError(
+            f"{type(pruner).__name__} needs {sorted(missing)}, which the {instance.family!r} adapter "
+            f"cannot provide at its pruning point {instance.pruning_point()!r} "
+            f"(it provides {sorted(instance.available_signals())})"
+        )
     handle = AttachHandle(model=model, pruner=pruner, budget=budget)
     undos = instance.install(handle)
     try:

@@ -47,6 +47,15 @@ class Adapter(abc.ABC):
     def matches(cls, model: object) -> bool:
         """Whether this adapter handles ``model``."""
 
+    def available_signals(self) -> frozenset[str]:
+        """Model signals (see :attr:`prunekit.TokenPruner.required_signals`) this adapter
+        can provide with its current options; ``attach`` refuses pruners needing others."""
+        return frozenset()
+
+    def pruning_point(self) -> str:
+        """Where this adapter prunes with its current options (one of :attr:`points`)."""
+        return self.points[0]
+
     @abc.abstractmethod
     def install(self, handle: AttachHandle) -> list[Undo]:
         """Make the model instance prune through ``handle``; return the undo callables."""

@@ -6,7 +6,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from prunekit.adapters.attention import ATTENTION_SIGNALS, attention_signals, capture_input
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
+
+#: vision towers whose first token is a [CLS] token
+CLS_TOWERS = ("clip_vision_model", "dinov2")
 
 
 def image_token_id(config: Any) -> int:
@@ -32,6 +36,12 @@ class LlavaAdapter(PreLLMAdapter):
     The pruning point is after the multimodal projector; the budget counts the
     image's visual tokens. The vision feature layer and selection strategy are
     the model's (or the call's) own.
+
+    Signals: ``"cls_attention"`` (towers with [CLS]: CLIP, DINOv2) and
+    ``"received_attention"`` (any tower), from the attention of the layer that
+    produces the selected features (``vision_feature_layer``, -2 for
+    LLaVA-1.5, as VisionZip and FasterVLM use), recomputed from that layer's
+    own projections; columns follow the projected tokens.
     """
 
     family = "llava"
@@ -41,6 +51,8 @@ class LlavaAdapter(PreLLMAdapter):
         "vision_feature_select_strategy",
         "image_sizes",
     )
+
+    provided_signals = ATTENTION_SIGNALS
 
     @classmethod
     def matches(cls, model: object) -> bool:
@@ -55,5 +67,41 @@ class LlavaAdapter(PreLLMAdapter):
     def image_features(
         self, vision_inputs: dict[str, Any], call_kwargs: dict[str, Any]
     ) -> ImageFeatures:
-        output = self.model.get_image_features(**vision_inputs)
-        return ImageFeatures(features=pooled_features(output))
+        if not self.required_signals:
+            return ImageFeatures(
+                features=pooled_features(self.model.get_image_features(**vision_inputs))
+            )
+        module, columns = self._attention_layer(vision_inputs)
+        with capture_input(module) as captured:
+            features = pooled_features(self.model.get_image_features(**vision_inputs))
+        signals = attention_signals(module, captured["hidden"], self.required_signals, columns)
+        return ImageFeatures(
+            features=features, signals={name: list(value) for name, value in signals.items()}
+        )
+
+    def _attention_layer(self, vision_inputs: dict[str, Any]) -> tuple[torch.nn.Module, slice]:
+        """The attention module producing the selected features, and the columns the tokens keep."""
+        config = self.model.config
+        tower_type = getattr(config.vision_config, "model_type", "")
+        if "cls_attention" in self.required_signals and tower_type not in CLS_TOWERS:
+            raise ValueError(
+                f"cls_attention needs a vision tower with a [CLS] token, not {tower_type!r}"
+            )
+        feature_layer = vision_inputs.get("vision_feature_layer")
+        feature_layer = config.vision_feature_layer if feature_layer is None else feature_layer
+        strategy = vision_inputs.get("vision_feature_select_strategy")
+        strategy = config.vision_feature_select_strategy if strategy is None else strategy
+        if not isinstance(feature_layer, int):
+            raise ValueError("attention signals need a single vision_feature_layer, not a list")
+        tower = self.model.model.vision_tower
+        encoder = getattr(tower, "vision_model", tower).encoder
+        layers = getattr(encoder, "layers", None) or encoder.layer
+        index = (
+            feature_layer % (len(layers) + 1) - 1
+        )  # hidden_states[k] is the output of layer k - 1
+        if index < 0:
+            raise ValueError("attention signals need a vision_feature_layer after the embeddings")
+        block = layers[index]
+        module = getattr(block, "self_attn", None) or block.attention
+        columns = slice(1, None) if strategy == "default" else slice(0, None)
+        return module, columns

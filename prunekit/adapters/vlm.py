@@ -21,12 +21,12 @@ import contextlib
 import functools
 import inspect
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from prunekit.adapters.base import PRE_LLM, Adapter, Undo, override_attribute, undo_on_error
+from prunekit.adapters.base import IN_LLM, PRE_LLM, Adapter, Undo, override_attribute, undo_on_error
 from prunekit.core.errors import check_choice
 
 if TYPE_CHECKING:
@@ -45,10 +45,14 @@ class ImageFeatures:
         prunable: optional ``(n_i,)`` bool per image; ``False`` tokens (e.g.
             LLaVA-NeXT's row-newline tokens) are always kept and do not count
             towards the budget. ``None``: every token is prunable.
+        signals: model signals for the pruner (see
+            :attr:`prunekit.TokenPruner.required_signals`), per name one
+            ``(..., n_i)`` tensor per image whose last axis follows the features.
     """
 
     features: list[torch.Tensor]
     prunable: list[torch.Tensor] | None = None
+    signals: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class PreLLMAdapter(Adapter):
@@ -68,7 +72,9 @@ class PreLLMAdapter(Adapter):
             spaCy when installed, else the offline heuristic).
     """
 
-    points: ClassVar[tuple[str, ...]] = (PRE_LLM,)
+    points: ClassVar[tuple[str, ...]] = (PRE_LLM, IN_LLM)
+    #: model signals this family can compute at the pre-LLM point
+    provided_signals: ClassVar[frozenset[str]] = frozenset()
     #: keyword arguments consumed by the vision side (removed before the LLM call)
     vision_kwargs: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
@@ -85,6 +91,7 @@ class PreLLMAdapter(Adapter):
         self.tokenizer = tokenizer
         self.positions = check_choice("positions", positions, ("contiguous", "original"))
         self.noun_extractor = noun_extractor
+        self.required_signals: frozenset[str] = frozenset()
         self._generating = False
         self.llm_pruning = None
         if llm_layer is not None:
@@ -128,7 +135,14 @@ class PreLLMAdapter(Adapter):
         return 0
 
     # -- installation ------------------------------------------------------------
+    def available_signals(self) -> frozenset[str]:
+        return frozenset() if self.llm_pruning is not None else self.provided_signals
+
+    def pruning_point(self) -> str:
+        return IN_LLM if self.llm_pruning is not None else PRE_LLM
+
     def install(self, handle: AttachHandle) -> list[Undo]:
+        self.required_signals = handle.required_signals
         self._warn_if_text_is_missing(handle)
         original_forward = self.model.forward
         original_generate = self.model.generate
@@ -316,8 +330,19 @@ class PreLLMAdapter(Adapter):
         if text_embeds is not None:
             text_embeds = text_embeds.to(device)
             text_mask = text_mask.to(device)
+        signals = {}
+        for name, per_image in images.signals.items():
+            lead = per_image[0].shape[:-1]
+            stacked = torch.zeros(len(feats), *lead, n_max, dtype=per_image[0].dtype, device=device)
+            for i, value in enumerate(per_image):
+                stacked[i, ..., : value.shape[-1]] = value.to(device)
+            signals[name] = stacked
         result = handle.prune(
-            batch, text_embeds=text_embeds, text_mask=text_mask, token_mask=token_mask
+            batch,
+            text_embeds=text_embeds,
+            text_mask=text_mask,
+            token_mask=token_mask,
+            signals=signals or None,
         )
         keep = result.mask | ~token_mask  # non-prunable tokens are always kept
         return [keep[i, : f.shape[0]] for i, f in enumerate(feats)]

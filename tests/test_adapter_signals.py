@@ -1,0 +1,104 @@
+"""Adapters provide the vision-attention signals attention-based pruners need."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import left_pad, prompt_ids, tiny_llava
+
+import prunekit
+from prunekit import Picks, TokenPruner
+
+
+class Recorder(TokenPruner):
+    """Keeps the tokens with the largest head-mean signal, and records what it saw."""
+
+    def __init__(self, signal: str) -> None:
+        self.required_signals = frozenset({signal})
+        self.signal = signal
+        self.seen: list[torch.Tensor] = []
+
+    def select(self, inputs, num_keep):
+        values = inputs.signals[self.signal]
+        self.seen.append(values)
+        scores = values.mean(dim=1).masked_fill(~inputs.token_mask, -1.0)
+        return Picks(order=scores.argsort(dim=1, descending=True, stable=True)[:, :num_keep])
+
+
+def inputs_for(model, n_image=16):
+    ids, mask = left_pad([prompt_ids([7, 8, 9], n_image), prompt_ids([10], n_image)])
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_llava_attention_signals_match_the_towers_own_attention(attn):
+    model = tiny_llava(attn_implementation=attn)
+    inputs = inputs_for(model)
+    eager_tower = tiny_llava(attn_implementation="eager").model.vision_tower
+    eager_tower.load_state_dict(model.model.vision_tower.state_dict())
+    with torch.no_grad():
+        maps = eager_tower(inputs["pixel_values"], output_attentions=True).attentions[
+            -2
+        ]  # layer -2
+    for signal, expected in [
+        ("cls_attention", maps[:, :, 0, 1:]),
+        ("received_attention", maps.mean(dim=2)[:, :, 1:]),
+    ]:
+        pruner = Recorder(signal)
+        with prunekit.attach(model, pruner, budget=4) as handle:
+            model(**inputs)
+        (seen,) = pruner.seen
+        assert seen.shape == (2, 4, 16)  # (images, heads, projected tokens)
+        torch.testing.assert_close(seen, expected, rtol=1e-5, atol=1e-6)
+        top = (
+            expected.mean(dim=1)
+            .argsort(dim=1, descending=True, stable=True)[:, :4]
+            .sort(dim=1)
+            .values
+        )
+        assert torch.equal(handle.results[0].indices, top)
+
+
+def test_missing_capability_is_named():
+    model = tiny_llava()
+    with pytest.raises(
+        ValueError,
+        match=r"needs \['cls_attention'\], which the 'llava' adapter cannot provide at its pruning point 'in_llm'",
+    ):
+        with prunekit.attach(model, Recorder("cls_attention"), budget=4, llm_layer=1):
+            pass
+    with pytest.raises(
+        ValueError,
+        match=r"needs \['key_norms'\], which the 'llava' adapter cannot provide at its pruning point 'pre_llm'",
+    ):
+        with prunekit.attach(model, Recorder("key_norms"), budget=4):
+            pass
+
+
+def test_signals_are_not_computed_when_not_needed():
+    model = tiny_llava()
+    hooks_seen = []
+    layer = model.model.vision_tower.encoder.layers[0].self_attn
+    original = layer.register_forward_pre_hook
+
+    def spy(*args, **kwargs):
+        hooks_seen.append(1)
+        return original(*args, **kwargs)
+
+    layer.register_forward_pre_hook = spy
+    with prunekit.attach(model, "resprune", budget=4):
+        model(**inputs_for(model))
+    assert hooks_seen == []
+    del layer.register_forward_pre_hook
+
+
+def test_encoder_adapters_refuse_signal_pruners_at_attach():
+    transformers = pytest.importorskip("transformers")
+    from tiny_models import tiny_clip_vision_config
+
+    encoder = transformers.CLIPVisionModel(tiny_clip_vision_config()).eval()
+    with pytest.raises(
+        ValueError, match=r"needs \['cls_attention'\], which the .* adapter cannot provide"
+    ):
+        with prunekit.attach(encoder, Recorder("cls_attention"), budget=4, layer=1):
+            pass
