@@ -102,3 +102,43 @@ def test_encoder_adapters_refuse_signal_pruners_at_attach():
     ):
         with prunekit.attach(encoder, Recorder("cls_attention"), budget=4, layer=1):
             pass
+
+
+def test_siglip_tower_gives_received_attention_not_cls():
+    import transformers
+    from tiny_models import IMAGE_TOKEN_ID, tiny_llama_config
+
+    torch.manual_seed(0)
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=24,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+    )
+    config = transformers.LlavaConfig(
+        vision_config=vision,
+        text_config=tiny_llama_config(),
+        image_token_id=IMAGE_TOKEN_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="full",
+    )
+    model = transformers.LlavaForConditionalGeneration(config).eval()
+    inputs = inputs_for(model, n_image=16)
+    pruner = Recorder("received_attention")
+    with prunekit.attach(model, pruner, budget=4):
+        model(**inputs)
+    eager = transformers.LlavaForConditionalGeneration(config).eval()
+    eager.load_state_dict(model.state_dict())
+    eager.model.vision_tower.config._attn_implementation = "eager"
+    with torch.no_grad():
+        maps = eager.model.vision_tower(inputs["pixel_values"], output_attentions=True).attentions[
+            -2
+        ]
+    torch.testing.assert_close(pruner.seen[0], maps.mean(dim=2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"needs \['cls_attention'\], which the 'llava' adapter cannot"
+    ):
+        with prunekit.attach(model, Recorder("cls_attention"), budget=4):
+            pass

@@ -60,6 +60,12 @@ class LlavaAdapter(PreLLMAdapter):
 
         return type(model) is LlavaForConditionalGeneration
 
+    def available_signals(self) -> frozenset[str]:
+        signals = super().available_signals()
+        if getattr(self.model.config.vision_config, "model_type", "") not in CLS_TOWERS:
+            signals = signals - {"cls_attention"}
+        return signals
+
     @property
     def image_token_id(self) -> int:
         return image_token_id(self.model.config)
