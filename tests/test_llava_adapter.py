@@ -219,3 +219,24 @@ def test_one_result_per_generate_call(model):
         with prunekit.attach(model, "resprune", budget=budget) as handle:
             model.generate(**inputs, **GEN)
         assert len(handle.results) == 1
+
+
+def test_before_projector_equals_hand_built_reference(model):
+    inputs = batch()
+    pruner = prunekit.create_pruner("composed", relevance="none", selection="greedy_residual")
+    with prunekit.attach(model, pruner, budget=5, before_projector=True) as handle:
+        got = model.generate(**inputs, **GEN)
+    tower = model.model.vision_tower(inputs["pixel_values"], output_hidden_states=True)
+    vision = tower.hidden_states[-2][:, 1:]
+    expected_pick = pruner.prune(vision, budget=5)
+    assert torch.equal(handle.results[0].indices, expected_pick.indices)  # selected in vision space
+    kept = [row.tolist() for row in expected_pick.indices]
+    assert torch.equal(
+        got, reference_generate(model, inputs, kept, **GEN)
+    )  # projector is per token
+
+
+def test_before_projector_and_llm_layer_exclude_each_other(model):
+    with pytest.raises(ValueError, match="two different pruning points"):
+        with prunekit.attach(model, "resprune", budget=4, before_projector=True, llm_layer=1):
+            pass

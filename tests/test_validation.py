@@ -174,3 +174,10 @@ def test_signals_reach_the_pruner():
 def test_bad_signals(signals, error, match):
     with pytest.raises(error, match=match):
         NeedsAttention().prune(X, budget=2, signals=signals)
+
+
+def test_per_token_signal_must_span_the_tokens():
+    with pytest.raises(
+        ValueError, match=r"signals\['cls_attention'\] must have shape \(B, H, N\) with N = 10"
+    ):
+        NeedsAttention().prune(X, budget=2, signals={"cls_attention": torch.zeros(2, 3, 9)})

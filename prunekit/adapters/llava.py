@@ -37,6 +37,11 @@ class LlavaAdapter(PreLLMAdapter):
     image's visual tokens. The vision feature layer and selection strategy are
     the model's (or the call's) own.
 
+    Option ``before_projector=True`` moves the pruning point before the
+    multimodal projector: the pruner sees the vision tower's selected features
+    (what VisionZip and VisPruner work on, and where merged tokens are merged),
+    and the projector runs on the kept tokens only.
+
     Signals: ``"cls_attention"`` (towers with [CLS]: CLIP, DINOv2) and
     ``"received_attention"`` (any tower), from the attention of the layer that
     produces the selected features (``vision_feature_layer``, -2 for
@@ -70,9 +75,28 @@ class LlavaAdapter(PreLLMAdapter):
     def image_token_id(self) -> int:
         return image_token_id(self.model.config)
 
+    def __init__(
+        self, model: torch.nn.Module, *, before_projector: bool = False, **options: Any
+    ) -> None:
+        super().__init__(model, **options)
+        if not isinstance(before_projector, bool):
+            raise TypeError(
+                f"before_projector must be a bool, got {type(before_projector).__name__}"
+            )
+        if before_projector and self.llm_pruning is not None:
+            raise ValueError(
+                "before_projector and llm_layer are two different pruning points; choose one"
+            )
+        self.before_projector = before_projector
+
+    def pruning_point(self) -> str:
+        return "pre_projector" if self.before_projector else super().pruning_point()
+
     def image_features(
         self, vision_inputs: dict[str, Any], call_kwargs: dict[str, Any]
     ) -> ImageFeatures:
+        if self.before_projector:
+            return self._vision_features(vision_inputs)
         if not self.required_signals:
             return ImageFeatures(
                 features=pooled_features(self.model.get_image_features(**vision_inputs))
@@ -83,6 +107,38 @@ class LlavaAdapter(PreLLMAdapter):
         signals = attention_signals(module, captured["hidden"], self.required_signals, columns)
         return ImageFeatures(
             features=features, signals={name: list(value) for name, value in signals.items()}
+        )
+
+    def _vision_features(self, vision_inputs: dict[str, Any]) -> ImageFeatures:
+        """Vision-tower features before the projector (the projector runs on the kept tokens)."""
+        config = self.model.config
+        layer = vision_inputs.get("vision_feature_layer")
+        layer = config.vision_feature_layer if layer is None else layer
+        strategy = vision_inputs.get("vision_feature_select_strategy")
+        strategy = config.vision_feature_select_strategy if strategy is None else strategy
+        if not isinstance(layer, int) or vision_inputs.get("image_sizes") is not None:
+            raise ValueError(
+                "before_projector supports one vision_feature_layer and fixed-size images"
+            )
+        signals: dict[str, torch.Tensor] = {}
+        if self.required_signals:
+            module, columns = self._attention_layer(vision_inputs)
+            with capture_input(module) as captured:
+                output = self.model.model.vision_tower(
+                    vision_inputs["pixel_values"], output_hidden_states=True
+                )
+            signals = attention_signals(module, captured["hidden"], self.required_signals, columns)
+        else:
+            output = self.model.model.vision_tower(
+                vision_inputs["pixel_values"], output_hidden_states=True
+            )
+        hidden = output.hidden_states[layer]
+        if strategy == "default":
+            hidden = hidden[:, 1:]
+        return ImageFeatures(
+            features=list(hidden),
+            signals={name: list(value) for name, value in signals.items()},
+            project=self.model.model.multi_modal_projector,
         )
 
     def _attention_layer(self, vision_inputs: dict[str, Any]) -> tuple[torch.nn.Module, slice]:

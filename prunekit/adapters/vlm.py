@@ -21,6 +21,7 @@ import contextlib
 import functools
 import inspect
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -47,12 +48,15 @@ class ImageFeatures:
             towards the budget. ``None``: every token is prunable.
         signals: model signals for the pruner (see
             :attr:`prunekit.TokenPruner.required_signals`), per name one
-            ``(..., n_i)`` tensor per image whose last axis follows the features.
+            tensor per image (shapes in :mod:`prunekit.core.signals`, without the batch axis).
+        project: for a pruning point before the projector: the projector,
+            applied to the kept (or merged) tokens before they reach the LLM.
     """
 
     features: list[torch.Tensor]
     prunable: list[torch.Tensor] | None = None
     signals: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    project: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class PreLLMAdapter(Adapter):
@@ -313,7 +317,10 @@ class PreLLMAdapter(Adapter):
         text_embeds: torch.Tensor | None,
         text_mask: torch.Tensor | None,
     ) -> list[torch.Tensor]:
-        """Prune all images in one batched call; return per image the kept flags of its tokens."""
+        """Prune all images in one batched call; return per image the kept flags of its tokens.
+
+        Methods that merge tokens (``PruneResult.values``) update ``images.features`` in place.
+        """
         feats = images.features
         n_max = max(f.shape[0] for f in feats)
         device = feats[0].device
@@ -330,13 +337,10 @@ class PreLLMAdapter(Adapter):
         if text_embeds is not None:
             text_embeds = text_embeds.to(device)
             text_mask = text_mask.to(device)
-        signals = {}
-        for name, per_image in images.signals.items():
-            lead = per_image[0].shape[:-1]
-            stacked = torch.zeros(len(feats), *lead, n_max, dtype=per_image[0].dtype, device=device)
-            for i, value in enumerate(per_image):
-                stacked[i, ..., : value.shape[-1]] = value.to(device)
-            signals[name] = stacked
+        signals = {
+            name: _stack_signal(name, values, n_max, device)
+            for name, values in images.signals.items()
+        }
         result = handle.prune(
             batch,
             text_embeds=text_embeds,
@@ -344,6 +348,11 @@ class PreLLMAdapter(Adapter):
             token_mask=token_mask,
             signals=signals or None,
         )
+        if result.values is not None:
+            merged = result.kept_tokens(batch)
+            for i, (index, count) in enumerate(zip(result.indices, result.counts.tolist())):
+                feats[i] = feats[i].clone()
+                feats[i][index[:count]] = merged[i, :count]
         keep = result.mask | ~token_mask  # non-prunable tokens are always kept
         return [keep[i, : f.shape[0]] for i, f in enumerate(feats)]
 
@@ -385,6 +394,8 @@ class PreLLMAdapter(Adapter):
         kept_features = torch.cat(
             [f[k.to(f.device)] for f, k in zip(images.features, keep_image_token)]
         )
+        if images.project is not None:
+            kept_features = images.project(kept_features)
         new_image = new_ids == self.image_token_id
         new_image &= new_mask.bool()
         embeds = embeds.masked_scatter(
@@ -415,3 +426,21 @@ class PreLLMAdapter(Adapter):
                 )
             kwargs["position_ids"] = new_positions
         return kwargs
+
+
+def _stack_signal(
+    name: str, per_image: list[torch.Tensor], n_max: int, device: torch.device
+) -> torch.Tensor:
+    """Stack per-image signals into a batch, zero-padding the token axis to ``n_max``."""
+    from prunekit.core.signals import SIGNALS
+
+    spec = SIGNALS.get(name)
+    if spec is None or spec.token_axis is None:
+        return torch.stack([value.to(device) for value in per_image])
+    axis = spec.token_axis - 1 if spec.token_axis > 0 else spec.token_axis  # axis without the batch
+    padded = []
+    for value in per_image:
+        value = value.to(device).movedim(axis, -1)
+        value = torch.nn.functional.pad(value, (0, n_max - value.shape[-1]))
+        padded.append(value.movedim(-1, axis))
+    return torch.stack(padded)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunekit.core.signals import SIGNALS
+
 
 @dataclass(frozen=True)
 class PruneInputs:
@@ -173,6 +175,14 @@ def validate_inputs(
                 raise ValueError(
                     f"signals[{name!r}] is on {value.device} but tokens are on {device}"
                 )
+            spec = SIGNALS.get(name)
+            if spec is not None and spec.token_axis is not None:
+                axis = spec.token_axis
+                if not -value.dim() <= axis < value.dim() or value.shape[axis] != n:
+                    raise ValueError(
+                        f"signals[{name!r}] must have shape {spec.shape} with N = {n} tokens, "
+                        f"got {tuple(value.shape)}"
+                    )
             checked_signals[name] = value.to(dtype) if value.is_floating_point() else value
 
     return PruneInputs(

@@ -30,10 +30,14 @@ class Picks:
             ``c`` entries must be distinct valid tokens; entries past a sample's
             count are ignored.
         scores: optional ``(B, N)`` per-token scores to report in the result.
+        values: optional ``(B, num_keep, d)`` new values of the picked tokens,
+            in pick order, for methods that merge dropped tokens into kept ones
+            (e.g. VisionZip's contextual tokens); ``None`` keeps the originals.
     """
 
     order: torch.Tensor
     scores: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
 
 def kept_counts(valid_counts: torch.Tensor, budget: Budget) -> torch.Tensor:
@@ -133,10 +137,27 @@ class TokenPruner(abc.ABC):
                 f"{type(self).__name__}.select returned repeated, out-of-range or padded "
                 "token indices; a pruner must pick distinct valid tokens"
             )
-        indices = _sorted_indices(order, live, n_tokens)
+        sentinel = torch.full_like(order, n_tokens)
+        ordered, permutation = torch.sort(torch.where(live, order, sentinel), dim=1)
+        indices = ordered.masked_fill(ordered == n_tokens, PAD_INDEX)
+        values = None
+        if picks.values is not None:
+            expected = (inputs.batch_size, num_keep, inputs.tokens.shape[-1])
+            if tuple(picks.values.shape) != expected:
+                raise RuntimeError(
+                    f"{type(self).__name__}.select returned values of shape "
+                    f"{tuple(picks.values.shape)}, expected {expected}"
+                )
+            values = picks.values.gather(1, permutation.unsqueeze(-1).expand(-1, -1, expected[2]))
+            values = values.masked_fill((indices == PAD_INDEX).unsqueeze(-1), 0.0)
         scores = None if picks.scores is None else picks.scores.float()
         return PruneResult(
-            indices=indices, mask=mask, counts=counts, valid_counts=valid_counts, scores=scores
+            indices=indices,
+            mask=mask,
+            counts=counts,
+            valid_counts=valid_counts,
+            scores=scores,
+            values=values,
         )
 
     @abc.abstractmethod

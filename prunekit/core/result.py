@@ -23,6 +23,9 @@ class PruneResult:
             sample had before pruning (``N`` without a ``token_mask``).
         scores: optional ``(B, N)`` float32 per-token scores the pruner used
             (for ResPrune: the relevance weights ``w_i``), for visualisation.
+        values: optional ``(B, K, d)`` new values of the kept tokens (aligned
+            with ``indices``) for methods that merge dropped tokens into kept
+            ones; ``None`` for pure selection. :meth:`kept_tokens` applies them.
 
     Ragged convention: when samples keep different numbers of tokens (a float
     budget with a ``token_mask``, or samples with fewer valid tokens than an int
@@ -37,6 +40,7 @@ class PruneResult:
     counts: torch.Tensor
     valid_counts: torch.Tensor
     scores: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -74,6 +78,13 @@ class PruneResult:
         out = torch.gather(tokens, 1, index)
         slots = self.slot_mask.to(tokens.device).view(*index.shape[:2], *([1] * (tokens.dim() - 2)))
         return out.masked_fill(~slots, fill_value)
+
+    def kept_tokens(self, tokens: torch.Tensor, fill_value: float = 0.0) -> torch.Tensor:
+        """What the model should receive: :meth:`gather`, or the merged :attr:`values` if any."""
+        if self.values is None:
+            return self.gather(tokens, fill_value)
+        out = self.values.to(device=tokens.device, dtype=tokens.dtype)
+        return out.masked_fill(~self.slot_mask.to(tokens.device).unsqueeze(-1), fill_value)
 
     def split(self) -> list[torch.Tensor]:
         """The kept indices of each sample, without padding."""

@@ -57,6 +57,7 @@ class ComposedPruner(TokenPruner):
         self.selection: SelectionStrategy = build_strategy(
             "selection", selection, SelectionStrategy
         )
+        self.required_signals = self.relevance.required_signals | self.selection.required_signals
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         weights = self.relevance.weights(inputs)

@@ -19,6 +19,8 @@ class RelevanceStrategy(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: model signals this strategy reads from ``inputs.signals`` (see :mod:`prunekit.core.signals`)
+    required_signals: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def weights(self, inputs: PruneInputs) -> torch.Tensor:

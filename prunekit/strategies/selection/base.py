@@ -21,6 +21,8 @@ class SelectionStrategy(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: model signals this strategy reads from ``inputs.signals`` (see :mod:`prunekit.core.signals`)
+    required_signals: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
