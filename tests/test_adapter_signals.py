@@ -142,3 +142,29 @@ def test_siglip_tower_gives_received_attention_not_cls():
     ):
         with prunekit.attach(model, Recorder("cls_attention"), budget=4):
             pass
+
+
+def test_pruning_point_declaration_is_enforced():
+    class VisionSpaceOnly(Recorder):
+        pruning_points = frozenset({"pre_projector"})
+
+    model = tiny_llava()
+    with pytest.raises(
+        ValueError, match=r"defined for the pruning points \['pre_projector'\].*prunes at 'pre_llm'"
+    ):
+        with prunekit.attach(model, VisionSpaceOnly("cls_attention"), budget=4):
+            pass
+    pruner = VisionSpaceOnly("cls_attention")
+    with prunekit.attach(model, pruner, budget=4, before_projector=True):
+        model(**inputs_for(model))
+    assert pruner.seen[0].shape == (2, 4, 16)
+
+
+def test_signal_examples_have_their_documented_token_axis():
+    from prunekit.core.signals import SIGNALS
+
+    for spec in SIGNALS.values():
+        example = spec.example(2, 7, 5, torch.Generator().manual_seed(0))
+        assert example.shape[0] == 2
+        if spec.token_axis is not None:
+            assert example.shape[spec.token_axis] == 7

@@ -124,6 +124,13 @@ def attach(
             f"cannot provide at its pruning point {instance.pruning_point()!r} "
             f"(it provides {sorted(instance.available_signals())})"
         )
+    point = instance.pruning_point()
+    if pruner.pruning_points is not None and point not in pruner.pruning_points:
+        raise ValueError(
+            f"{type(pruner).__name__} is defined for the pruning points {sorted(pruner.pruning_points)}, "
+            f"but the {instance.family!r} adapter prunes at {point!r} with these options "
+            "(see the adapter's options: before_projector=True, llm_layer=K, layer=L)"
+        )
     handle = AttachHandle(model=model, pruner=pruner, budget=budget)
     undos = instance.install(handle)
     try:

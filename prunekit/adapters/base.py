@@ -25,6 +25,7 @@ Undo = Callable[[], None]
 PRE_LLM = "pre_llm"  # after the multimodal projector, before the language model (ResPrune)
 IN_ENCODER = "in_encoder"  # inside the vision encoder, after layer L
 IN_LLM = "in_llm"  # inside the language model, after decoder layer K
+PRE_PROJECTOR = "pre_projector"  # vision-tower features, before the multimodal projector
 
 
 class Adapter(abc.ABC):

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from prunekit.adapters.attention import ATTENTION_SIGNALS, attention_signals, capture_input
+from prunekit.adapters.base import PRE_PROJECTOR
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 
 #: vision towers whose first token is a [CLS] token
@@ -90,7 +91,7 @@ class LlavaAdapter(PreLLMAdapter):
         self.before_projector = before_projector
 
     def pruning_point(self) -> str:
-        return "pre_projector" if self.before_projector else super().pruning_point()
+        return PRE_PROJECTOR if self.before_projector else super().pruning_point()
 
     def image_features(
         self, vision_inputs: dict[str, Any], call_kwargs: dict[str, Any]

@@ -66,6 +66,9 @@ class TokenPruner(abc.ABC):
     #: names of the model signals :meth:`select` reads from ``inputs.signals``
     #: (e.g. ``"cls_attention"``); adapters provide them, ``prune`` checks them.
     required_signals: ClassVar[frozenset[str]] = frozenset()
+    #: pruning points this method is defined for (``"pre_llm"``, ``"pre_projector"``,
+    #: ``"in_llm"``, ``"in_encoder"``); ``None``: any. ``attach`` refuses others.
+    pruning_points: ClassVar[frozenset[str] | None] = None
 
     def prune(
         self,
