@@ -11,7 +11,7 @@ from hypothesis import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import prunekit  # noqa: E402
+from prunekit.testing import case_id, registered_cases  # noqa: E402, F401
 
 # HYPOTHESIS_PROFILE=stress runs the property tests much longer than CI does.
 settings.register_profile("default", max_examples=30)
@@ -28,19 +28,7 @@ COMPOSITIONS = [
 
 def pruner_cases() -> list[tuple[str, dict]]:
     """(registered name, kwargs) for every registered pruner, plus each strategy composition."""
-    cases = [(name, {}) for name in prunekit.list_pruners()]
-    cases += [("composed", kwargs) for kwargs in COMPOSITIONS]
-    return cases
-
-
-def case_id(case: tuple[str, dict]) -> str:
-    name, kwargs = case
-    if not kwargs:
-        return name
-    parts = []
-    for value in kwargs.values():
-        parts.append(value if isinstance(value, str) else value["name"])
-    return f"{name}[{'x'.join(parts)}]"
+    return registered_cases() + [("composed", kwargs) for kwargs in COMPOSITIONS]
 
 
 @pytest.fixture

@@ -142,13 +142,15 @@ def test_entry_point_plugins(plugin_dist):
 
 def test_registry_parametrized_suite_picks_up_plugins(plugin_dist, monkeypatch):
     """A plugin's pruner runs through the same contract checks as the builtins."""
-    import test_pruner_contract as contract
+    from conftest import pruner_cases
+
+    from prunekit.testing import check_pruner, registered_cases
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginLoadWarning)
         registry = Registry()
     monkeypatch.setattr("prunekit.registry.registry._DEFAULT", registry)
     assert "last_tokens" in prunekit.list_pruners()
-    generator = torch.Generator().manual_seed(0)
-    contract.test_ragged_masks(("last_tokens", {}), 0.3, generator)
-    contract.test_batch_invariance(("last_tokens", {}), generator)
+    assert ("last_tokens", {}) in pruner_cases()  # what the contract suites run over
+    assert registered_cases(plugin="good") == [("last_tokens", {})]
+    check_pruner("last_tokens", max_examples=10)

@@ -29,6 +29,11 @@ class PruneInputs:
             ``(B, H, N)`` from a vision encoder), each with batch dimension first,
             in the compute dtype. Pruners declare the ones they need in
             :attr:`TokenPruner.required_signals`; adapters provide them.
+        keep_counts: ``(B,)`` int64 number of tokens each sample keeps in this
+            call, set by :meth:`TokenPruner.prune` before it calls ``select``
+            (``None`` elsewhere). Methods whose choice is not a prefix of a
+            priority order (e.g. VisionZip's dominant / contextual split, or
+            VisPruner's important / diverse split) read their sample's count here.
     """
 
     tokens: torch.Tensor
@@ -36,6 +41,7 @@ class PruneInputs:
     text_embeds: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     signals: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    keep_counts: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

@@ -9,6 +9,7 @@ the identity short-cut and the result object. A method implements only
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -121,7 +122,7 @@ class TokenPruner(abc.ABC):
             return self._identity(inputs, valid_counts)
 
         num_keep = int(counts.max())
-        picks = self.select(inputs, num_keep)
+        picks = self.select(dataclasses.replace(inputs, keep_counts=counts), num_keep)
         order = picks.order
         if order.shape != (inputs.batch_size, num_keep) or order.dtype != torch.int64:
             raise RuntimeError(
@@ -168,7 +169,8 @@ class TokenPruner(abc.ABC):
         """Pick ``num_keep`` tokens per sample from validated ``inputs``, in priority order.
 
         Called only when at least one sample must drop tokens, with
-        ``1 <= num_keep <= N``. ``inputs.tokens`` is float32 or float64.
+        ``1 <= num_keep <= N``. ``inputs.tokens`` is float32 or float64;
+        ``inputs.keep_counts`` holds each sample's own count (``num_keep`` is their maximum).
         """
 
     def _identity(self, inputs: PruneInputs, valid_counts: torch.Tensor) -> PruneResult:
