@@ -64,9 +64,20 @@ class Row:
     mean: list[float]
 
 
+def runs_inside_an_encoder(name: str) -> bool:
+    """Whether the pruner needs nothing an encoder adapter cannot give (no model signals,
+    no pruning point other than inside the encoder)."""
+    pruner = prunekit.create_pruner(name)
+    points = pruner.pruning_points
+    return not pruner.required_signals and (points is None or "in_encoder" in points)
+
+
 def pruner_cases() -> list[Case]:
-    """Every registered pruner with its defaults, then each text-free composition."""
-    cases = [Case(f"{name} (defaults)", name, {}) for name in prunekit.list_pruners()]
+    """Every registered pruner that can run inside an encoder with its defaults (the ones
+    needing attention signals or another pruning point are left out), then each
+    text-free composition."""
+    names = [name for name in prunekit.list_pruners() if runs_inside_an_encoder(name)]
+    cases = [Case(f"{name} (defaults)", name, {}) for name in names]
     for selection in ("greedy_residual", "topk", "random"):
         spec = {"name": "random", "seed": 0} if selection == "random" else selection
         cases.append(

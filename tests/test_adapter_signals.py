@@ -168,3 +168,38 @@ def test_signal_examples_have_their_documented_token_axis():
         assert example.shape[0] == 2
         if spec.token_axis is not None:
             assert example.shape[spec.token_axis] == 7
+
+
+class KeyRecorder(TokenPruner):
+    """Keeps the first tokens and records the ``vision_keys`` it saw."""
+
+    required_signals = frozenset({"vision_keys"})
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def select(self, inputs, num_keep):
+        self.seen.append(inputs.signals["vision_keys"])
+        return Picks(order=torch.arange(num_keep).expand(inputs.batch_size, -1).clone())
+
+
+@pytest.mark.parametrize("before_projector", [False, True])
+def test_llava_vision_keys_are_the_feature_layers_k_proj_outputs(before_projector):
+    model = tiny_llava()
+    inputs = inputs_for(model)
+    k_proj = model.model.vision_tower.encoder.layers[-2].self_attn.k_proj  # feature layer -2
+    captured = []
+    hook = k_proj.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        with torch.no_grad():
+            model.model.vision_tower(inputs["pixel_values"])
+    finally:
+        hook.remove()
+    (keys,) = captured
+    expected = keys.view(2, 17, 4, 6)[:, 1:]  # (images, patches without [CLS], heads, d_head)
+    pruner = KeyRecorder()
+    with prunekit.attach(model, pruner, budget=4, before_projector=before_projector):
+        model(**inputs)
+    (seen,) = pruner.seen
+    assert seen.shape == (2, 16, 4, 6)
+    torch.testing.assert_close(seen, expected, rtol=0, atol=0)

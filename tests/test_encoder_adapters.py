@@ -929,7 +929,8 @@ def test_real_dinov2_cosines():
     model = load_dinov2_small()
     pixels_ = bench.load_images(["astronaut"])
     cases = bench.pruner_cases()
-    assert {c.name for c in cases} >= set(prunekit.list_pruners())
+    runnable = {name for name in prunekit.list_pruners() if bench.runs_inside_an_encoder(name)}
+    assert {c.name for c in cases} >= runnable >= {"resprune", "composed"}
     rows = bench.measure(model, pixels_, cases, [0.5, 1.0], layer=6)
     assert len(rows) == 2 * len(cases)
     for row in rows:
@@ -948,3 +949,28 @@ def test_real_dinov2_cosines():
 
 def test_open_clip_is_importable():  # guard: the tests above assume open_clip's module layout
     assert hasattr(open_clip, "CLIP") and hasattr(open_clip.transformer, "VisionTransformer")
+
+
+def test_merging_pruner_values_are_used_inside_encoders():
+    """Average-pooling (a merging pruner) changes the hidden states, not only the token count."""
+    if "pooling" not in prunekit.list_pruners():
+        pytest.skip("the baselines plugin is not installed")
+    model = transformers.Dinov2Model(
+        transformers.Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
+    ).eval()
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    outputs = {}
+    for mode in ("avg", "stride"):
+        pruner = prunekit.create_pruner("pooling", mode=mode)
+        with prunekit.attach(model, pruner, budget=4, layer=1) as handle:
+            outputs[mode] = model(pixel_values=pixels).last_hidden_state
+        assert handle.results[0].counts.tolist() == [4, 4]
+    assert outputs["avg"].shape == outputs["stride"].shape == (2, 5, 32)
+    assert not torch.allclose(outputs["avg"], outputs["stride"])

@@ -13,6 +13,9 @@ Signals (``H`` heads, ``P`` image tokens the pruner sees):
   only one query row is computed.
 * ``"received_attention"`` ``(B, H, P)``: the attention each token receives,
   averaged over all queries (for encoders without [CLS], e.g. SigLIP).
+* ``"vision_keys"`` ``(B, P, H, d_head)``: the layer's keys, ``k_proj`` of its
+  input (bias included, before any scaling), split into heads (VisionZip
+  merges by the cosine of head-averaged keys).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import torch
 
-ATTENTION_SIGNALS = frozenset({"cls_attention", "received_attention"})
+ATTENTION_SIGNALS = frozenset({"cls_attention", "received_attention", "vision_keys"})
 
 
 def _heads(module: torch.nn.Module) -> int:
@@ -62,6 +65,15 @@ def attention_probs(
     return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
 
 
+def attention_keys(module: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Keys ``(B, N, H, d_head)`` of an attention module with ``k_proj`` on its input ``hidden``,
+    in the module's dtype (the projection's output, bias included, unscaled)."""
+    if not hasattr(module, "k_proj"):
+        raise TypeError(f"cannot compute the keys of {type(module).__name__}: no k_proj")
+    keys = module.k_proj(hidden)
+    return keys.view(*keys.shape[:2], _heads(module), -1)
+
+
 @contextlib.contextmanager
 def capture_input(module: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """Record the ``hidden_states`` input of ``module`` while the block runs (hook removed on exit)."""
@@ -96,4 +108,6 @@ def attention_signals(
             signals["received_attention"] = attention_probs(module, hidden).mean(dim=2)[
                 ..., columns
             ]
+        if "vision_keys" in names:
+            signals["vision_keys"] = attention_keys(module, hidden)[:, columns]
     return signals

@@ -284,7 +284,12 @@ class EncoderAdapter(Adapter):
         if result.is_ragged:  # cannot happen without a token mask; guard the invariant
             raise RuntimeError("in-encoder pruning needs the same number of kept tokens per image")
 
-        kept = torch.cat([x[:, :p], result.gather(patches)], dim=1)
+        if result.values is not None and tokens is not patches:
+            raise ValueError(
+                "a merging pruner returns token values in the space it saw (here the joint "
+                "image-text space); use it inside an encoder without text options"
+            )
+        kept = torch.cat([x[:, :p], result.kept_tokens(patches)], dim=1)
         index = result.indices.to(x.device) + p
         prefix = torch.arange(p, device=x.device).expand(batch, p)
         self._index = torch.cat([prefix, index], dim=1)

@@ -43,11 +43,12 @@ class LlavaAdapter(PreLLMAdapter):
     (what VisionZip and VisPruner work on, and where merged tokens are merged),
     and the projector runs on the kept tokens only.
 
-    Signals: ``"cls_attention"`` (towers with [CLS]: CLIP, DINOv2) and
-    ``"received_attention"`` (any tower), from the attention of the layer that
-    produces the selected features (``vision_feature_layer``, -2 for
-    LLaVA-1.5, as VisionZip and FasterVLM use), recomputed from that layer's
-    own projections; columns follow the projected tokens.
+    Signals: ``"cls_attention"`` (towers with [CLS]: CLIP, DINOv2),
+    ``"received_attention"`` and ``"vision_keys"`` (any tower), from the
+    attention of the layer that produces the selected features
+    (``vision_feature_layer``, -2 for LLaVA-1.5, as VisionZip and FasterVLM
+    use), recomputed from that layer's own projections; columns follow the
+    projected tokens.
     """
 
     family = "llava"

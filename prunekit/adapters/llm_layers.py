@@ -17,10 +17,31 @@ Supported decoders: those whose layers take ``hidden_states`` plus
 ``attention_mask`` / ``position_embeddings`` / ``position_ids`` keyword
 arguments, as Llama, Mistral and Qwen2 in transformers 5 do; attention
 implementations ``sdpa`` and ``eager``.
+
+Signals (see :mod:`prunekit.core.signals`), computed only when the pruner asks
+for them, from decoder layer ``K-1`` on the full prompt:
+
+* ``"last_query_attention"`` (FastV): the attention row of the last real prompt
+  token at layer ``K-1``, recomputed from that layer's own ``input_layernorm``,
+  ``q_proj`` / ``k_proj`` (and ``q_norm`` / ``k_norm`` where the model has them)
+  on the hidden states entering it, with the model's ``apply_rotary_pos_emb`` on
+  the ``position_embeddings`` the layer received, key/value heads repeated, the
+  layer's ``scaling``, and the layer's own attention mask (causal + padding);
+  softmax in float32. Only this one query row is eager: the model keeps SDPA.
+* ``"llm_image_keys"`` / ``"llm_text_keys"`` (DART): that layer's post-RoPE keys.
+* ``"llm_image_hidden"`` / ``"llm_text_hidden"`` (DART): the hidden states
+  leaving layer ``K-1`` (entering layer ``K``) through the decoder's final norm.
+* ``"llm_image_positions"`` / ``"llm_text_positions"`` / ``"llm_text_mask"``:
+  positions among the prompt's real tokens, and which text rows are real.
+
+"Text" means the real tokens after the sample's first image token that are not
+image tokens. The input of layer ``K-1`` is recorded by a pre-hook that exists
+only while attached and only if the pruner needs a signal computed from it.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +62,29 @@ class _Prefill:
     keep_index: torch.Tensor | None = None  # (B, L') kept prompt positions, ascending
     kv_valid: torch.Tensor | None = None  # (B, kv) valid key slots of layers >= K
     attention_mask: torch.Tensor | None = None  # (B, L) the prompt's 2-D mask
+    # hidden states, attention mask and position embeddings entering layer K-1
+    layer_input: tuple[torch.Tensor, Any, Any] | None = None
+
+
+#: signals computed from the input of decoder layer K-1 (its projections)
+LAYER_INPUT_SIGNALS = frozenset({"last_query_attention", "llm_image_keys", "llm_text_keys"})
+#: signals computed with the decoder's final norm
+NORM_SIGNALS = frozenset({"llm_image_hidden", "llm_text_hidden"})
+#: signals computed from the prompt alone
+PROMPT_SIGNALS = frozenset({"llm_image_positions", "llm_text_positions", "llm_text_mask"})
+LLM_SIGNALS = LAYER_INPUT_SIGNALS | NORM_SIGNALS | PROMPT_SIGNALS
 
 
 class DecoderLayerPruning:
     """Installs the layer-K pruning hooks on a decoder's ``layers``."""
 
-    def __init__(self, layers: torch.nn.ModuleList, layer: int, attn_implementation: str) -> None:
+    def __init__(
+        self,
+        layers: torch.nn.ModuleList,
+        layer: int,
+        attn_implementation: str,
+        norm: torch.nn.Module | None = None,
+    ) -> None:
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise TypeError(f"llm_layer must be an int, got {type(layer).__name__}")
         if not 1 <= layer < len(layers):
@@ -60,8 +98,18 @@ class DecoderLayerPruning:
             )
         self.layers = layers
         self.layer = layer
+        self.norm = norm
         self.additive_mask = attn_implementation == "eager"
         self.state: _Prefill | None = None
+
+    def available_signals(self) -> frozenset[str]:
+        """The signals this decoder can provide at the layer-K point."""
+        signals = set(PROMPT_SIGNALS)
+        if _attention_parts(self.layers[self.layer - 1]) is not None:
+            signals |= LAYER_INPUT_SIGNALS
+        if self.norm is not None:
+            signals |= NORM_SIGNALS
+        return frozenset(signals)
 
     # -- called by the adapter's forward wrapper -------------------------------
     def begin(
@@ -86,12 +134,32 @@ class DecoderLayerPruning:
             for index, module in enumerate(self.layers)
             if index >= self.layer
         ]
+        if handle.required_signals & LAYER_INPUT_SIGNALS:
+            hooks.append(
+                self.layers[self.layer - 1].register_forward_pre_hook(
+                    self._record_layer_input, with_kwargs=True
+                )
+            )
         return [hook.remove for hook in hooks] + [self._clear]
 
     def _clear(self) -> None:
         self.state = None
 
     # -- the hooks -------------------------------------------------------------
+    def _record_layer_input(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]):
+        """Pre-hook of layer K-1: keep what enters it during a prefill to be pruned."""
+        state = self.state
+        if state is None or state.keep_index is not None:
+            return None
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        if hidden is not None and hidden.shape[1] == state.is_image.shape[1]:
+            state.layer_input = (
+                hidden,
+                kwargs.get("attention_mask"),
+                kwargs.get("position_embeddings"),
+            )
+        return None
+
     def _make_hook(self, handle: AttachHandle, index: int):
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]):
             state = self.state
@@ -137,8 +205,13 @@ class DecoderLayerPruning:
         if n_max == 0:
             keep = torch.ones_like(is_image)
         else:
+            wanted = handle.required_signals & LLM_SIGNALS
+            signals = self._signals(wanted, hidden, state, order, token_mask) if wanted else None
+            state.layer_input = None
             result = handle.prune(
-                tokens.float(), token_mask=token_mask | (counts == 0).unsqueeze(1)
+                tokens.float(),
+                token_mask=token_mask | (counts == 0).unsqueeze(1),
+                signals=signals,
             )
             kept_image = torch.zeros_like(is_image)
             rows = torch.arange(batch, device=hidden.device).unsqueeze(1).expand(-1, n_max)
@@ -155,6 +228,148 @@ class DecoderLayerPruning:
             torch.where(slots, torch.arange(length, device=hidden.device), length), dim=1
         ).values[:, :width]
         state.kv_valid = (keep & state.attention_mask.bool()).gather(1, state.keep_index)
+
+    # -- signals ---------------------------------------------------------------
+    @torch.no_grad()
+    def _signals(
+        self,
+        wanted: frozenset[str],
+        hidden: torch.Tensor,
+        state: _Prefill,
+        image_order: torch.Tensor,
+        image_valid: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The ``wanted`` signals of this prefill; image rows follow ``image_order`` (B, N)."""
+        is_image = state.is_image
+        real = state.attention_mask.bool()
+        device = hidden.device
+        positions = (real.long().cumsum(dim=1) - 1).clamp_min(0)
+        is_text = real & ~is_image & (is_image.long().cumsum(dim=1) > 0)
+        text_counts = is_text.sum(dim=1)
+        t_max = int(text_counts.max())
+        text_order = torch.sort((~is_text).long(), dim=1, stable=True).indices[:, :t_max]
+        text_valid = torch.arange(t_max, device=device).unsqueeze(0) < text_counts.unsqueeze(1)
+
+        signals: dict[str, torch.Tensor] = {}
+        if "llm_image_positions" in wanted:
+            signals["llm_image_positions"] = positions.gather(1, image_order) * image_valid
+        if "llm_text_positions" in wanted:
+            signals["llm_text_positions"] = positions.gather(1, text_order) * text_valid
+        if "llm_text_mask" in wanted:
+            signals["llm_text_mask"] = text_valid
+        for name, index, valid in (
+            ("llm_image_hidden", image_order, image_valid),
+            ("llm_text_hidden", text_order, text_valid),
+        ):
+            if name in wanted:
+                # the norm is per token: gather the rows first
+                normed = self.norm(self._gather(hidden, index))
+                signals[name] = normed.masked_fill(~valid.unsqueeze(-1), 0.0)
+        if wanted & LAYER_INPUT_SIGNALS:
+            signals.update(
+                self._layer_signals(wanted, state, image_order, image_valid, text_order, text_valid)
+            )
+        return signals
+
+    def _layer_signals(
+        self,
+        wanted: frozenset[str],
+        state: _Prefill,
+        image_order: torch.Tensor,
+        image_valid: torch.Tensor,
+        text_order: torch.Tensor,
+        text_valid: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Signals recomputed from the projections of layer K-1 on its recorded input."""
+        layer = self.layers[self.layer - 1]
+        parts = _attention_parts(layer)
+        if state.layer_input is None or parts is None:
+            raise RuntimeError(
+                f"the input of decoder layer {self.layer - 1} was not recorded; the signals "
+                f"{sorted(wanted & LAYER_INPUT_SIGNALS)} cannot be computed"
+            )
+        attn, rope = parts
+        hidden, mask, position_embeddings = state.layer_input
+        if position_embeddings is None:
+            raise TypeError(
+                f"decoder layer {self.layer - 1} got no position_embeddings; in-LLM attention "
+                "signals need a decoder that passes them (Llama, Mistral, Qwen2)"
+            )
+        cos, sin = position_embeddings
+        batch, length, _ = hidden.shape
+        head_dim = attn.head_dim
+        x = layer.input_layernorm(hidden)
+
+        keys = attn.k_proj(x).view(batch, length, -1, head_dim)
+        if getattr(attn, "k_norm", None) is not None:
+            keys = attn.k_norm(keys)
+        keys = keys.transpose(1, 2)  # (B, H_kv, L, d)
+        keys = rope(keys, keys, cos, sin)[1]
+        n_heads = attn.q_proj.out_features // head_dim
+        repeat = n_heads // keys.shape[1]
+        keys = keys.repeat_interleave(repeat, dim=1)  # (B, H, L, d), as repeat_kv
+
+        signals: dict[str, torch.Tensor] = {}
+        for name, index, valid in (
+            ("llm_image_keys", image_order, image_valid),
+            ("llm_text_keys", text_order, text_valid),
+        ):
+            if name in wanted:
+                rows = keys.transpose(1, 2).gather(
+                    1, index[..., None, None].expand(-1, -1, n_heads, head_dim)
+                )
+                signals[name] = rows.masked_fill(~valid[..., None, None], 0.0)
+        if "last_query_attention" in wanted:
+            probs = self._last_query_probs(attn, rope, x, keys, mask, cos, sin, state)
+            columns = image_order.unsqueeze(1).expand(-1, n_heads, -1)
+            signals["last_query_attention"] = probs.gather(2, columns) * image_valid.unsqueeze(1)
+        return signals
+
+    @staticmethod
+    def _last_query_probs(
+        attn: torch.nn.Module,
+        rope: Any,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        mask: Any,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        state: _Prefill,
+    ) -> torch.Tensor:
+        """(B, H, L) float32 attention probabilities of each sample's last real prompt token."""
+        real = state.attention_mask.bool()
+        batch, length, _ = x.shape
+        head_dim = attn.head_dim
+        device = x.device
+        last = length - 1 - real.flip(1).long().argmax(dim=1)  # (B,) last real column
+        x_last = x.gather(1, last.view(batch, 1, 1).expand(-1, 1, x.shape[-1]))
+        query = attn.q_proj(x_last).view(batch, 1, -1, head_dim)
+        if getattr(attn, "q_norm", None) is not None:
+            query = attn.q_norm(query)
+        query = query.transpose(1, 2)  # (B, H, 1, d)
+
+        def at_last(table: torch.Tensor) -> torch.Tensor:
+            table = table.expand(batch, *table.shape[1:])
+            return table.gather(1, last.view(batch, 1, 1).expand(-1, 1, table.shape[-1]))
+
+        query = rope(query, query, at_last(cos), at_last(sin))[0]
+        scaling = getattr(attn, "scaling", head_dim**-0.5)
+        scores = (query @ keys.transpose(-1, -2) * scaling).squeeze(2).float()  # (B, H, L)
+
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            rows = mask.expand(batch, *mask.shape[1:])
+            rows = rows.gather(
+                2, last.view(batch, 1, 1, 1).expand(-1, rows.shape[1], 1, rows.shape[3])
+            )[:, :, 0, :length]  # (B, 1 or H, L)
+            if rows.dtype == torch.bool:
+                scores = scores.masked_fill(~rows, float("-inf"))
+            else:
+                scores = scores + rows.float()
+        else:  # no mask tensor (SDPA's causal shortcut): causal over the real tokens
+            key = torch.arange(length, device=device)
+            allowed = (key.unsqueeze(0) <= last.unsqueeze(1)) & real
+            scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+        return torch.softmax(scores, dim=-1)
 
     @staticmethod
     def _gather(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -186,6 +401,17 @@ class DecoderLayerPruning:
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
             ~allowed, torch.finfo(dtype).min
         )
+
+
+def _attention_parts(layer: torch.nn.Module) -> tuple[torch.nn.Module, Any] | None:
+    """(self_attn, apply_rotary_pos_emb) of a Llama-style decoder layer, or ``None``."""
+    attn = getattr(layer, "self_attn", None)
+    if attn is None or not hasattr(layer, "input_layernorm"):
+        return None
+    if not all(hasattr(attn, name) for name in ("q_proj", "k_proj", "head_dim")):
+        return None
+    rope = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    return None if rope is None else (attn, rope)
 
 
 def _seq_len(position_embeddings: Any, default: int) -> int:

@@ -74,6 +74,10 @@ class PreLLMAdapter(Adapter):
         positions: ``"contiguous"`` or ``"original"``.
         noun_extractor: a registered noun extractor name or callable (default:
             spaCy when installed, else the offline heuristic).
+        llm_layer: ``K`` to prune inside the language model after ``K`` decoder
+            layers instead (FastV / DART point, :mod:`prunekit.adapters.llm_layers`);
+            the signals there are those of decoder layer ``K-1``
+            (``"last_query_attention"``, ``"llm_image_keys"``, ...).
     """
 
     points: ClassVar[tuple[str, ...]] = (PRE_LLM, IN_LLM)
@@ -103,7 +107,10 @@ class PreLLMAdapter(Adapter):
 
             language_model = self.language_model()
             self.llm_pruning = DecoderLayerPruning(
-                language_model.layers, llm_layer, language_model.config._attn_implementation
+                language_model.layers,
+                llm_layer,
+                language_model.config._attn_implementation,
+                norm=getattr(language_model, "norm", None),
             )
 
     def language_model(self) -> torch.nn.Module:
@@ -140,7 +147,9 @@ class PreLLMAdapter(Adapter):
 
     # -- installation ------------------------------------------------------------
     def available_signals(self) -> frozenset[str]:
-        return frozenset() if self.llm_pruning is not None else self.provided_signals
+        if self.llm_pruning is not None:  # signals of decoder layer K-1 (see llm_layers)
+            return self.llm_pruning.available_signals()
+        return self.provided_signals
 
     def pruning_point(self) -> str:
         return IN_LLM if self.llm_pruning is not None else PRE_LLM

@@ -43,6 +43,57 @@ def _keys_example(batch: int, n: int, dim: int, generator: torch.Generator) -> t
     return torch.randn(batch, n, 4, 8, generator=generator)
 
 
+#: rows of text in the examples of the ``llm_text_*`` signals (all four agree on it)
+_EXAMPLE_TEXT_ROWS = 6
+
+
+def _llm_attention_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Rows of a causal softmax over ``n`` image keys plus 8 text / system keys, 4 heads."""
+    logits = torch.randn(batch, 4, n + 8, generator=generator) * 2
+    return torch.softmax(logits, dim=-1)[..., 4 : n + 4]
+
+
+def _llm_hidden_example(batch: int, n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(batch, n, dim, generator=generator)
+
+
+def _llm_image_positions_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Image tokens at consecutive prompt positions after a random-length prefix."""
+    start = torch.randint(0, 64, (batch, 1), generator=generator)
+    return start + torch.arange(n)
+
+
+def _llm_text_keys_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    return torch.randn(batch, _EXAMPLE_TEXT_ROWS, 4, 8, generator=generator)
+
+
+def _llm_text_hidden_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    return torch.randn(batch, _EXAMPLE_TEXT_ROWS, dim, generator=generator)
+
+
+def _llm_text_mask_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Between 0 and all text rows real, packed to the left."""
+    rows = torch.randint(0, _EXAMPLE_TEXT_ROWS + 1, (batch, 1), generator=generator)
+    return torch.arange(_EXAMPLE_TEXT_ROWS) < rows
+
+
+def _llm_text_positions_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Text after any image of :func:`_llm_image_positions_example`."""
+    return (n + 64 + torch.arange(_EXAMPLE_TEXT_ROWS)).expand(batch, -1).clone()
+
+
 SIGNALS: dict[str, SignalSpec] = {}
 
 
@@ -78,6 +129,73 @@ for _spec in (
         1,
         "keys of the image tokens in that same encoder attention layer",
         _keys_example,
+    ),
+):
+    register_signal(_spec)
+
+# Signals of the in-LLM pruning point (``llm_layer=K``): computed at decoder layer K-1 on
+# the full prompt, before layer K drops tokens. "Text" there means the real (non-padding)
+# tokens after the sample's first image token that are not image tokens, in prompt order.
+for _spec in (
+    SignalSpec(
+        "last_query_attention",
+        "(B, H, N)",
+        -1,
+        "attention probabilities at decoder layer K-1 from the last prompt token's query to "
+        "each image token, per head (softmax over the whole causal, unpadded prompt)",
+        _llm_attention_example,
+    ),
+    SignalSpec(
+        "llm_image_keys",
+        "(B, N, H, d_head)",
+        1,
+        "post-RoPE keys of the image tokens at decoder layer K-1, key/value heads repeated "
+        "to the H query heads",
+        _keys_example,
+    ),
+    SignalSpec(
+        "llm_image_hidden",
+        "(B, N, D)",
+        1,
+        "hidden states of the image tokens leaving decoder layer K-1, passed through the "
+        "decoder's final norm",
+        _llm_hidden_example,
+    ),
+    SignalSpec(
+        "llm_image_positions",
+        "(B, N)",
+        1,
+        "int64 position of each image token among the prompt's real tokens (0 = first)",
+        _llm_image_positions_example,
+    ),
+    SignalSpec(
+        "llm_text_keys",
+        "(B, T, H, d_head)",
+        None,
+        "post-RoPE keys of the text tokens at decoder layer K-1 (heads as llm_image_keys), "
+        "packed to the left, zero rows where llm_text_mask is False",
+        _llm_text_keys_example,
+    ),
+    SignalSpec(
+        "llm_text_hidden",
+        "(B, T, D)",
+        None,
+        "hidden states of the text tokens leaving decoder layer K-1, after the final norm",
+        _llm_text_hidden_example,
+    ),
+    SignalSpec(
+        "llm_text_mask",
+        "(B, T)",
+        None,
+        "bool, True for the real rows of the llm_text_* signals",
+        _llm_text_mask_example,
+    ),
+    SignalSpec(
+        "llm_text_positions",
+        "(B, T)",
+        None,
+        "int64 position of each text token among the prompt's real tokens",
+        _llm_text_positions_example,
     ),
 ):
     register_signal(_spec)
