@@ -7,7 +7,17 @@ import importlib
 from prunekit.registry import hookimpl
 
 #: one module per method; each exposes ``register(registry)``
-METHOD_MODULES: tuple[str, ...] = ()
+METHOD_MODULES: tuple[str, ...] = (
+    "random_pruner",
+    "pooling",
+    "divprune",
+    "cdpruner",
+    "fastervlm",
+    "visionzip",
+    "vispruner",
+    "fastv",
+    "dart",
+)
 
 
 @hookimpl

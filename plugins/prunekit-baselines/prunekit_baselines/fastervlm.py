@@ -1,0 +1,223 @@
+"""FasterVLM (Zhang et al., arXiv 2412.01818v1, "[CLS] Attention is All You Need for
+Training-Free Visual Token Pruning: Make VLM Inference Faster"), and the [CLS]-attention tools VisionZip and
+VisPruner share.
+
+* :class:`FasterVLM`: keep the tokens the vision encoder's [CLS] query attends to
+  most (head mean), in position order.
+* :class:`ClsAttentionRelevance` (registered as relevance ``"cls_attention"``):
+  the same head-mean [CLS] attention as relevance weights, so it composes with
+  any selection, e.g. ``create_pruner("composed", relevance="cls_attention",
+  selection="greedy_residual")``.
+* :func:`valid_groups`: the samples of a batch grouped by (valid tokens, kept
+  count), with the positions of their valid tokens, for methods whose batched
+  computation needs equal-size samples.
+* :func:`unit_rows` / :func:`cosine`: cosine similarities whose exact ties
+  (duplicate tokens) stay exact whatever the batch layout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from prunekit.core.errors import check_choice
+from prunekit.core.inputs import PruneInputs
+from prunekit.pruners.composed import ComposedPruner
+from prunekit.strategies.relevance.base import RelevanceStrategy
+from prunekit.strategies.selection.topk import TopKSelection
+
+CLS_ATTENTION = "cls_attention"
+
+Normalization = Literal["max", "sum", "minmax", "none"]
+NORMALIZATIONS = ("max", "sum", "minmax", "none")
+
+
+def head_mean(attention: torch.Tensor) -> torch.Tensor:
+    """``(B, N)`` mean over the heads of a ``(B, H, N)`` attention signal."""
+    return attention.mean(dim=1)
+
+
+@dataclass
+class ClsAttentionRelevance(RelevanceStrategy):
+    """Relevance from the vision encoder's [CLS] attention: ``w_i = norm(a)_i ** alpha``.
+
+    ``a_i`` is the attention of the [CLS] query to token ``i`` averaged over
+    heads (signal ``"cls_attention"``, ``(B, H, N)``, e.g. layer -2 of
+    LLaVA-1.5's CLIP tower). Because the softmax row also covers [CLS] itself
+    (and, with LLaVA's ``"default"`` feature strategy, [CLS] is not a token),
+    ``a`` does not sum to 1 over the tokens; ``normalize`` fixes the scale per
+    sample, over its valid tokens:
+
+    * ``"max"`` (default): ``a / max(a)``, in [0, 1], the most attended token 1.
+      Proportional to the attention, comparable across images.
+    * ``"sum"``: ``a / sum(a)``, a distribution over the valid tokens.
+    * ``"minmax"``: ``(a - min a) / (max a - min a)``, as ResPrune's text
+      relevance; the least attended token gets 0 (chosen last).
+    * ``"none"``: the raw head-mean probabilities.
+
+    ``"max"``, ``"sum"`` and ``"none"`` differ only by a positive factor per
+    sample, to which every built-in selection (top-k, Gumbel top-k, greedy
+    residual) is invariant: they select the same tokens, only the reported
+    scores differ. ``"minmax"`` and ``alpha != 1`` change the ratios and hence
+    what the weighted selections (``"greedy_residual"``, ``"random"``) pick.
+
+    A sample whose normalisation is undefined (all-zero attention; flat
+    attention under ``"minmax"``) gets the neutral weight 1; padded slots get 0.
+
+    Args:
+        normalize: ``"max"``, ``"sum"``, ``"minmax"`` or ``"none"``.
+        alpha: exponent ``>= 0`` sharpening (``> 1``) or flattening (``< 1``) the weights.
+    """
+
+    normalize: Normalization = "max"
+    alpha: float = 1.0
+
+    name = CLS_ATTENTION
+    required_signals: ClassVar[frozenset[str]] = frozenset({CLS_ATTENTION})
+
+    def __post_init__(self) -> None:
+        check_choice("normalize", self.normalize, NORMALIZATIONS)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
+            raise TypeError(f"alpha must be a real number, got {type(self.alpha).__name__}")
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
+
+    def attention(self, inputs: PruneInputs) -> torch.Tensor:
+        """Head-mean [CLS] attention ``(B, N)``, 0 at padded slots."""
+        signal = inputs.signals[CLS_ATTENTION]
+        if signal.dim() != 3:
+            raise ValueError(
+                f"signals['cls_attention'] must be (B, H, N), got shape {tuple(signal.shape)}"
+            )
+        return head_mean(signal).masked_fill(~inputs.token_mask, 0.0)
+
+    def weights(self, inputs: PruneInputs) -> torch.Tensor:
+        a = self.attention(inputs)
+        valid = inputs.token_mask
+        if self.normalize == "none":
+            w = a
+            defined = torch.ones_like(valid[:, :1])
+        elif self.normalize == "max":
+            scale = a.amax(dim=1, keepdim=True)
+            defined = scale > 0
+            w = a / torch.where(defined, scale, 1.0)
+        elif self.normalize == "sum":
+            scale = a.sum(dim=1, keepdim=True)
+            defined = scale > 0
+            w = a / torch.where(defined, scale, 1.0)
+        else:
+            low = a.masked_fill(~valid, math.inf).amin(dim=1, keepdim=True)
+            spread = a.masked_fill(~valid, -math.inf).amax(dim=1, keepdim=True) - low
+            defined = spread > 0
+            w = ((a - low) / torch.where(defined, spread, 1.0)).clamp(0.0, 1.0)
+        w = w.clamp_min(0.0).pow(self.alpha)
+        w = torch.where(defined, w, torch.ones_like(w))
+        return w.masked_fill(~valid, 0.0)
+
+
+class FasterVLM(ComposedPruner):
+    """FasterVLM: the top-``K`` tokens by head-mean [CLS] attention, in position order.
+
+    Paper: Zhang et al., "[CLS] Attention is All You Need for Training-Free
+    Visual Token Pruning: Make VLM Inference Faster" (arXiv 2412.01818v1; later
+    versions of that arXiv entry are the VisPruner paper).
+    Official code: https://github.com/Theia-4869/FasterVLM
+    (``llava/model/llava_arch.py``, ``LlavaMetaForCausalLM.encode_images``:
+    ``image_attentions.mean(dim=1)`` over heads, ``torch.topk`` with
+    ``k = visual_token_num``, scattered into an index mask, so the kept tokens
+    stay in position order; the attention is the [CLS] row of the vision
+    feature layer, -2 for LLaVA-1.5).
+
+    Defaults: no hyperparameter besides the budget, given directly as a token
+    count as in the official scripts (``--visual-token-num``). Needs the signal
+    ``"cls_attention"`` ``(B, H, N)``; prunekit's LLaVA adapter provides it at
+    the feature layer, both after the projector (the official pruning point:
+    attention-selected projected tokens) and with ``before_projector=True``
+    (the same tokens, projected after selection: identical output, since the
+    projector is per token). Any pruning point where the signal exists is fine.
+
+    It is ``ComposedPruner(ClsAttentionRelevance(normalize="none"),
+    TopKSelection(tie_rtol=0))``; the result's scores are the head-mean attention.
+
+    Departures from the official code:
+
+    * ties are broken towards the lowest index (``torch.topk`` leaves them
+      unspecified), without snapping near-ties together;
+    * the ranking runs in float32 or wider (the official code in the model's
+      dtype, usually float16), and padded tokens of ragged batches are never kept.
+    """
+
+    name = "fastervlm"
+    required_signals: ClassVar[frozenset[str]] = frozenset({CLS_ATTENTION})
+
+    def __init__(self) -> None:
+        super().__init__(
+            relevance=ClsAttentionRelevance(normalize="none"),
+            selection=TopKSelection(tie_rtol=0.0),
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def valid_groups(
+    inputs: PruneInputs,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """The samples of a batch grouped by (number of valid tokens, number kept).
+
+    Yields ``(rows, positions, count)``: ``rows`` ``(G,)`` the sample indices of
+    one group, ``positions`` ``(G, n)`` the ascending positions of their ``n``
+    valid tokens and ``count`` the tokens each of them keeps
+    (``inputs.keep_counts``). A batched computation on the gathered
+    ``(G, n, ...)`` tensors then equals the computation on each sample alone.
+    """
+    if inputs.keep_counts is None:
+        raise ValueError("keep_counts is set by TokenPruner.prune; call select through prune")
+    mask = inputs.token_mask
+    valid = mask.sum(dim=1)
+    # valid positions first, ascending (a stable sort of the "padded" flag)
+    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+    keys = torch.stack([valid, inputs.keep_counts.to(valid.device)], dim=1)
+    for n, count in torch.unique(keys, dim=0).tolist():
+        rows = ((valid == n) & (inputs.keep_counts.to(valid.device) == count)).nonzero()[:, 0]
+        yield rows, order[rows, :n], int(count)
+
+
+def gather_tokens(values: torch.Tensor, positions: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """``values`` (G, ..., N, ...) restricted to ``positions`` (G, n) along the token ``axis``."""
+    axis = axis % values.dim()
+    shape = [positions.shape[0]] + [1] * (values.dim() - 1)
+    shape[axis] = positions.shape[1]
+    index = positions.reshape(shape).expand(
+        *[positions.shape[1] if d == axis else s for d, s in enumerate(values.shape)]
+    )
+    return values.gather(axis, index)
+
+
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with rows scaled to unit norm, in float64 (float32 where the device has no
+    float64, e.g. MPS); rows of norm 0 stay 0 (orthogonal to everything)."""
+    dtype = torch.float32 if x.device.type == "mps" else torch.float64
+    return F.normalize(x.to(dtype), dim=-1)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(..., M, K)`` cosines of the :func:`unit_rows` ``a`` (..., M, C) and ``b`` (..., K, C).
+
+    Computed in float64 and rounded to float32: a matrix product's rounding depends
+    on the batch layout, so in float32 two duplicate tokens' similarities (exactly
+    equal in exact arithmetic) can differ in the last bit one way in a batch and the
+    other way alone, flipping a ranking. Rounding float64 results to float32 makes
+    such ties exact; it is still ~8x finer than the float16 the official codes use.
+    """
+    return (a @ b.transpose(-1, -2)).float()
+
+
+def register(registry) -> None:
+    registry.add_pruner("fastervlm", FasterVLM)
+    registry.add_relevance(CLS_ATTENTION, ClsAttentionRelevance)

@@ -1,0 +1,211 @@
+"""VisionZip (Yang et al., CVPR 2025, "VisionZip: Longer is Better but Not Necessary
+in Vision Language Models", arXiv 2412.04467)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from prunekit.core.inputs import PruneInputs
+from prunekit.core.pruner import Picks, TokenPruner
+from prunekit_baselines.fastervlm import (
+    CLS_ATTENTION,
+    cosine,
+    gather_tokens,
+    unit_rows,
+    valid_groups,
+)
+
+VISION_KEYS = "vision_keys"
+
+#: the official split 64 = 54 + 10, 128 = 108 + 20, 192 = 162 + 30: 10 of every 64 tokens
+#: are contextual
+CONTEXTUAL_RATIO = 10 / 64
+
+
+def contextual_count(
+    num_keep: int, ratio: float = CONTEXTUAL_RATIO, fixed: int | None = None
+) -> int:
+    """Contextual tokens in a budget of ``num_keep``: ``fixed`` (at most ``num_keep``) if
+    given, else ``floor(num_keep * ratio + 1/2)``.
+
+    >>> [contextual_count(k) for k in (64, 128, 192, 1, 4, 100)]
+    [10, 20, 30, 0, 1, 16]
+    """
+    if fixed is not None:
+        return min(fixed, num_keep)
+    return min(num_keep, math.floor(num_keep * ratio + 0.5 + 1e-9))
+
+
+def visionzip_merge(
+    tokens: torch.Tensor,
+    attention: torch.Tensor,
+    keys: torch.Tensor,
+    num_keep: int,
+    num_contextual: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VisionZip's dominant selection and contextual merging for equal-size samples.
+
+    Args:
+        tokens: ``(B, N, d)`` features (the pre-projector hidden states).
+        attention: ``(B, H, N)`` [CLS] attention per head.
+        keys: ``(B, N, H, d_head)`` keys of the same attention layer.
+        num_keep: ``K <= N`` tokens kept.
+        num_contextual: ``C <= K`` of them contextual; ``K - C`` dominant.
+
+    Returns:
+        ``(B, K)`` indices (dominant tokens in position order, then the
+        contextual targets in position order) and ``(B, K, d)`` their values
+        (dominant: unchanged; contextual: target plus the mean of the tokens
+        merged into it).
+    """
+    batch, n, dim = tokens.shape
+    num_dominant = num_keep - num_contextual
+    ranking = torch.sort(attention.sum(dim=1), dim=1, descending=True, stable=True).indices
+    dominant = torch.sort(ranking[:, :num_dominant], dim=1).values
+    dominant_values = gather_tokens(tokens, dominant)
+    if num_contextual == 0:
+        return dominant, dominant_values
+    remaining = torch.sort(ranking[:, num_dominant:], dim=1).values  # (B, R), position order
+    size = n - num_dominant
+    metric = unit_rows(gather_tokens(keys.mean(dim=2), remaining))  # head-averaged keys
+    hidden = gather_tokens(tokens, remaining)
+
+    step = max(1, size // num_contextual)
+    is_target = torch.zeros(size, dtype=torch.bool, device=tokens.device)
+    is_target[torch.arange(0, size, step, device=tokens.device)[:num_contextual]] = True
+    similarity = cosine(metric[:, ~is_target], metric[:, is_target])  # (B, R - C, C)
+    assign = F.one_hot(similarity.argmax(dim=-1), num_contextual).to(tokens.dtype)
+    members = assign.sum(dim=1).clamp_min(1).unsqueeze(-1)  # (B, C, 1)
+    merged = assign.transpose(1, 2) @ hidden[:, ~is_target] / members
+    contextual = hidden[:, is_target] + merged
+    order = torch.cat([dominant, remaining[:, is_target]], dim=1)
+    return order, torch.cat([dominant_values, contextual], dim=1)
+
+
+@dataclass
+class VisionZip(TokenPruner):
+    """VisionZip: dominant tokens by [CLS] attention plus contextual tokens merged by key similarity.
+
+    Paper: Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision
+    Language Models" (CVPR 2025, arXiv 2412.04467).
+    Official code: https://github.com/dvlab-research/VisionZip
+    (``visionzip/clip_encoder.py``, ``CLIPVisionTower_VisionZip.forward``;
+    ``visionzip/utils.py``, ``CLIPAttention_forward`` returning the head mean of
+    the raw keys ``k_proj(x)`` as the merging metric; ``visionzip/main.py``,
+    ``visionzip(model, dominant, contextual)``, which passes ``dominant - 1``
+    patches because [CLS] counts as one dominant token).
+
+    For a budget of ``K`` tokens split into ``D`` dominant and ``C`` contextual:
+
+    1. *dominant*: the ``D`` tokens with the largest [CLS] attention summed over
+       heads;
+    2. *contextual*: the ``R = N - D`` other tokens, in position order; the
+       ``C`` targets are every ``max(1, R // C)``-th of them (the first ``C``);
+       every other remaining token joins the target whose head-averaged key is
+       most cosine-similar (first target on ties), and a target becomes
+       ``target + mean(its members)`` (the target alone if it has none).
+
+    The result's ``values`` carry the contextual tokens (``PruneResult.values``):
+    at a target's slot its merged value, elsewhere the original token.
+
+    Split: ``C = floor(K * contextual_ratio + 1/2)`` with ``contextual_ratio =
+    10/64``, which gives exactly the official settings 64 = 54 + 10,
+    128 = 108 + 20 and 192 = 162 + 30, and keeps that proportion for other
+    budgets; ``contextual=`` fixes ``C`` instead (capped at ``K``).
+
+    Tokens: the vision tower's features before the projector (LLaVA: layer -2);
+    signals ``"cls_attention"`` ``(B, H, N)`` and ``"vision_keys"``
+    ``(B, N, H, d_head)`` from the same layer. Pruning point
+    ``"pre_projector"``: ``prunekit.attach(model, "visionzip", budget=64,
+    before_projector=True)``. The result's scores are the head-summed attention.
+
+    Args:
+        contextual_ratio: share of the budget that is contextual, in [0, 1].
+        contextual: a fixed number of contextual tokens instead (``None``: use the ratio).
+
+    Departures from the official code:
+
+    * [CLS]: the official code always keeps the [CLS] hidden state as one of the
+      ``D`` dominant tokens and feeds it to the LLM. In LLaVA-1.5 as
+      transformers runs it (``vision_feature_select_strategy="default"``),
+      [CLS] is not an image token and the budget counts image tokens, so
+      prunekit gives its slot to one more dominant patch: ``D`` patches by
+      attention instead of [CLS] + ``D - 1``. The contextual step is unchanged
+      (the official remaining set excludes [CLS] as well); for K = 64 on 576
+      patches both have ``R // C = 52``. With a ``"full"`` feature strategy
+      [CLS] is token 0 and ranks by its own attention like any token.
+    * order: the official code feeds [CLS, dominant in position order,
+      contextual in target order]; prunekit keeps every kept token at its
+      original position, a contextual token at its target's.
+    * ties: attention ties go to the lower index (``torch.topk`` leaves them
+      unspecified).
+    * numerics: cosines in float64 compared at float32 resolution
+      (:func:`~prunekit_baselines.fastervlm.cosine`), merging in float32 or wider
+      (officially all in the model's dtype, float16); a key of norm 0 counts as
+      orthogonal to every target (officially NaN).
+    * ragged batches: each sample runs on its own valid tokens with its own split.
+    """
+
+    contextual_ratio: float = CONTEXTUAL_RATIO
+    contextual: int | None = None
+
+    name = "visionzip"
+    required_signals: ClassVar[frozenset[str]] = frozenset({CLS_ATTENTION, VISION_KEYS})
+    pruning_points: ClassVar[frozenset[str] | None] = frozenset({"pre_projector"})
+
+    def __post_init__(self) -> None:
+        ratio = self.contextual_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+            raise TypeError(f"contextual_ratio must be a real number, got {type(ratio).__name__}")
+        if not (0.0 <= ratio <= 1.0):
+            raise ValueError(f"contextual_ratio must be in [0, 1], got {ratio}")
+        if self.contextual is not None:
+            if isinstance(self.contextual, bool) or not isinstance(
+                self.contextual, numbers.Integral
+            ):
+                raise TypeError(
+                    f"contextual must be an int or None, got {type(self.contextual).__name__}"
+                )
+            if self.contextual < 0:
+                raise ValueError(f"contextual must be >= 0, got {self.contextual}")
+
+    def split(self, num_keep: int) -> tuple[int, int]:
+        """``(dominant, contextual)`` token counts for a budget of ``num_keep``."""
+        c = contextual_count(num_keep, self.contextual_ratio, self.contextual)
+        return num_keep - c, c
+
+    def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
+        attention = inputs.signals[CLS_ATTENTION]
+        keys = inputs.signals[VISION_KEYS]
+        if attention.dim() != 3 or keys.dim() != 4:
+            raise ValueError(
+                "VisionZip needs cls_attention (B, H, N) and vision_keys (B, N, H, d_head), got "
+                f"{tuple(attention.shape)} and {tuple(keys.shape)}"
+            )
+        tokens = inputs.tokens
+        batch, _, dim = tokens.shape
+        order = torch.zeros(batch, num_keep, dtype=torch.int64, device=tokens.device)
+        values = tokens.new_zeros(batch, num_keep, dim)
+        for rows, positions, count in valid_groups(inputs):
+            _, contextual = self.split(count)
+            local, merged = visionzip_merge(
+                gather_tokens(tokens[rows], positions),
+                gather_tokens(attention[rows], positions, axis=-1),
+                gather_tokens(keys[rows], positions),
+                count,
+                contextual,
+            )
+            order[rows, :count] = positions.gather(1, local)
+            values[rows, :count] = merged
+        scores = attention.sum(dim=1).masked_fill(~inputs.token_mask, 0.0)
+        return Picks(order=order, scores=scores, values=values)
+
+
+def register(registry) -> None:
+    registry.add_pruner("visionzip", VisionZip)
