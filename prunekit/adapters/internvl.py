@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from prunekit.adapters.llava import image_token_id, pooled_features
+from prunekit.adapters.llava import pooled_features
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 from prunekit.core.errors import check_choice
 
@@ -59,6 +59,7 @@ class InternVLAdapter(PreLLMAdapter):
     :class:`PreLLMAdapter` (``tokenizer``, ``positions``, ...).
     """
 
+    model_class = "InternVLForConditionalGeneration"
     family = "internvl"
     vision_kwargs: ClassVar[tuple[str, ...]] = (
         "pixel_values",
@@ -81,16 +82,6 @@ class InternVLAdapter(PreLLMAdapter):
                 "budget_scope='tile' applies to pre-LLM pruning; with llm_layer the budget "
                 "counts all image tokens of a prompt"
             )
-
-    @classmethod
-    def matches(cls, model: object) -> bool:
-        from transformers import InternVLForConditionalGeneration
-
-        return type(model) is InternVLForConditionalGeneration
-
-    @property
-    def image_token_id(self) -> int:
-        return image_token_id(self.model.config)
 
     def image_features(
         self, vision_inputs: dict[str, Any], call_kwargs: dict[str, Any]

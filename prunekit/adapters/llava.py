@@ -14,15 +14,6 @@ from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 CLS_TOWERS = ("clip_vision_model", "dinov2")
 
 
-def image_token_id(config: Any) -> int:
-    """The image placeholder id, under its transformers 5 or 4 name."""
-    for name in ("image_token_id", "image_token_index"):
-        value = getattr(config, name, None)
-        if value is not None:
-            return int(value)
-    raise ValueError(f"{type(config).__name__} names no image token id")
-
-
 def pooled_features(output: Any) -> list[torch.Tensor]:
     """``get_image_features``'s per-image features, whatever the transformers version returns."""
     features = getattr(output, "pooler_output", output)
@@ -51,6 +42,7 @@ class LlavaAdapter(PreLLMAdapter):
     projected tokens.
     """
 
+    model_class = "LlavaForConditionalGeneration"
     family = "llava"
     vision_kwargs: ClassVar[tuple[str, ...]] = (
         "pixel_values",
@@ -61,21 +53,11 @@ class LlavaAdapter(PreLLMAdapter):
 
     provided_signals = ATTENTION_SIGNALS
 
-    @classmethod
-    def matches(cls, model: object) -> bool:
-        from transformers import LlavaForConditionalGeneration
-
-        return type(model) is LlavaForConditionalGeneration
-
     def available_signals(self) -> frozenset[str]:
         signals = super().available_signals()
         if getattr(self.model.config.vision_config, "model_type", "") not in CLS_TOWERS:
             signals = signals - {"cls_attention"}
         return signals
-
-    @property
-    def image_token_id(self) -> int:
-        return image_token_id(self.model.config)
 
     def __init__(
         self, model: torch.nn.Module, *, before_projector: bool = False, **options: Any

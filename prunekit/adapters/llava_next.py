@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from prunekit.adapters.llava import image_token_id, pooled_features
+from prunekit.adapters.llava import pooled_features
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 
 
@@ -31,6 +31,7 @@ class LlavaNextAdapter(PreLLMAdapter):
     call's) own; ``image_sizes`` must be passed as the processor returns it.
     """
 
+    model_class = "LlavaNextForConditionalGeneration"
     family = "llava_next"
     vision_kwargs: ClassVar[tuple[str, ...]] = (
         "pixel_values",
@@ -38,16 +39,6 @@ class LlavaNextAdapter(PreLLMAdapter):
         "vision_feature_layer",
         "vision_feature_select_strategy",
     )
-
-    @classmethod
-    def matches(cls, model: object) -> bool:
-        from transformers import LlavaNextForConditionalGeneration
-
-        return type(model) is LlavaNextForConditionalGeneration
-
-    @property
-    def image_token_id(self) -> int:
-        return image_token_id(self.model.config)
 
     def image_features(
         self, vision_inputs: dict[str, Any], call_kwargs: dict[str, Any]

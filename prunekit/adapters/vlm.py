@@ -81,6 +81,8 @@ class PreLLMAdapter(Adapter):
     """
 
     points: ClassVar[tuple[str, ...]] = (PRE_LLM, IN_LLM)
+    #: the ``transformers`` class name this adapter handles (exact type)
+    model_class: ClassVar[str] = ""
     #: model signals this family can compute at the pre-LLM point
     provided_signals: ClassVar[frozenset[str]] = frozenset()
     #: keyword arguments consumed by the vision side (removed before the LLM call)
@@ -124,10 +126,23 @@ class PreLLMAdapter(Adapter):
         return decoder
 
     # -- what a family provides ------------------------------------------------
+    @classmethod
+    def matches(cls, model: object) -> bool:
+        """Exact-type match on :attr:`model_class` (subclasses of it need their own adapter)."""
+        import transformers
+
+        target = getattr(transformers, cls.model_class, None)
+        return target is not None and type(model) is target
+
     @property
-    @abc.abstractmethod
     def image_token_id(self) -> int:
-        """The id of the image placeholder token in ``input_ids``."""
+        """The id of the image placeholder token in ``input_ids``, under its transformers 5 or 4 name."""
+        config = self.model.config
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(config, name, None)
+            if value is not None:
+                return int(value)
+        raise ValueError(f"{type(config).__name__} names no image token id")
 
     @abc.abstractmethod
     def image_features(
