@@ -90,12 +90,17 @@ def greedy_residual_order(
     gram = torch.bmm(tokens, tokens.transpose(1, 2)) if use_gram else None
 
     weights = weights.to(tokens.dtype)
-    energy = tokens.pow(2).sum(dim=-1)  # (B, N) residual energies E_S
+    # (B, N) residual energies E_S, starting at ||x_i||^2 (the Gram diagonal when there is one)
+    if gram is not None:
+        energy = gram.diagonal(dim1=1, dim2=2).clone()
+    else:
+        energy = torch.einsum("bnd,bnd->bn", tokens, tokens)
+    gram_rows = None if gram is None else gram.view(batch * n, n)
+    row_offset = torch.arange(batch, device=device) * n
     tol = energy * rank_tol
     factors = tokens.new_zeros(batch, num_keep, n)  # rows of the incremental Cholesky factor
     order = torch.empty(batch, num_keep, dtype=torch.int64, device=device)
     available = valid.clone()
-    batch_index = torch.arange(batch, device=device)
     neg_inf = torch.tensor(-torch.inf, dtype=tokens.dtype, device=device)
 
     for step in range(num_keep):
@@ -107,12 +112,13 @@ def greedy_residual_order(
         fill = _first_near_max(fill_score, fill_score.amax(dim=1, keepdim=True), tie_rtol)
         pick = torch.where(best_score.squeeze(1) > 0, best, fill)
 
-        picked_energy = energy[batch_index, pick]
-        independent = picked_energy > tol[batch_index, pick]
+        picked_energy = energy.gather(1, pick.unsqueeze(1)).squeeze(1)
+        independent = picked_energy > tol.gather(1, pick.unsqueeze(1)).squeeze(1)
         if gram is not None:
-            row = gram[batch_index, pick]  # (B, N) Gram row of the pick
+            row = gram_rows.index_select(0, row_offset + pick)  # (B, N) Gram row of the pick
         else:
-            row = torch.bmm(tokens, tokens[batch_index, pick].unsqueeze(-1)).squeeze(-1)
+            picked = tokens.view(batch * n, -1).index_select(0, row_offset + pick)
+            row = torch.bmm(tokens, picked.unsqueeze(-1)).squeeze(-1)
         if step > 0:
             done = factors[:, :step]  # (B, step, N)
             coef = done.gather(2, pick.view(batch, 1, 1).expand(batch, step, 1))  # (B, step, 1)
@@ -121,7 +127,7 @@ def greedy_residual_order(
         column = row * scale.unsqueeze(1)
         factors[:, step] = column
         energy = (energy - column.pow(2)).clamp_min(0.0)
-        available[batch_index, pick] = False
+        available.scatter_(1, pick.unsqueeze(1), False)
         order[:, step] = pick
     return order
 
