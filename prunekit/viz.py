@@ -1,13 +1,83 @@
-"""Pictures of what a pruner kept: kept patches over the image, relevance heatmaps."""
+"""Pictures of what a pruner kept (PNG-ready ``PIL`` images).
+
+* :func:`kept_overlay`: the image with the dropped patches dimmed and the kept ones outlined;
+* :func:`relevance_heatmap`: per-patch scores (e.g. :attr:`PruneResult.scores`, ResPrune's
+  relevance weights) colour-mapped over the image, with an optional colour bar;
+* :func:`tile_layout`: several tiles, each with its own patch grid and kept mask, on a grid
+  of panels; :func:`llava_next_layout` and :func:`internvl_layout` build it for
+  any-resolution (LLaVA-NeXT: base view + crops) and tiled (InternVL: tiles + thumbnail)
+  models from the image and one row of ``handle.results``, laid out as the model sees them;
+* :func:`side_by_side`: what several pruners keep on the same image, one titled panel each.
+
+Every function returns an RGB ``PIL.Image.Image`` and also writes it to ``save`` (a path,
+format from the suffix) when given. Sizes never depend on the data or the font: each
+function documents its size formula, in which ``s`` is the panel side, ``g`` the gap
+between panels and ``t`` the title height (:data:`TITLE_HEIGHT` by default).
+
+Masks and scores are per token, row-major over a ``(rows, cols)`` patch grid (token ``i``
+covers grid cell ``(i // cols, i % cols)``); ``torch`` tensors and NumPy arrays both work.
+"""
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+ImageLike = Image.Image | np.ndarray
+Color = tuple[int, int, int]
+Grid = tuple[int, int]
+
+#: height in pixels of a panel title bar
+TITLE_HEIGHT = 20
+#: width in pixels of the colour bar :func:`relevance_heatmap` appends with ``colorbar=True``
+COLORBAR_WIDTH = 64
+#: gap in pixels between the crops / tiles of one view in :func:`tile_layout`
+TILE_GAP = 4
+#: gap in pixels between two groups of a model layout (e.g. base view and crop grid)
+GROUP_GAP = 16
+#: gap in pixels between the panels of :func:`side_by_side`
+PANEL_GAP = 8
+#: colour of grid cells that are no token at all (e.g. LLaVA-NeXT padding removed by unpadding)
+ABSENT_COLOR: Color = (200, 200, 200)
+BACKGROUND: Color = (255, 255, 255)
+
+#: LLaVA-1.6's ``image_grid_pinpoints`` ((height, width) canvases of 336 px crops)
+LLAVA_NEXT_PINPOINTS: list[list[int]] = [
+    [336, 672],
+    [672, 336],
+    [672, 672],
+    [1008, 336],
+    [336, 1008],
+]
+
+# matplotlib's viridis at 0, 1/8, ..., 1: the colour map used when matplotlib is absent
+_VIRIDIS = np.array(
+    [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 82, 139),
+        (44, 114, 142),
+        (33, 145, 140),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ],
+    dtype=np.float64,
+)
 
 
-def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = np.asarray(image)
@@ -16,22 +86,179 @@ def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
     return Image.fromarray(array.astype(np.uint8))
 
 
-def _grid_mask(values: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+def _flat(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().flatten().float().cpu().numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+def _grid_mask(values: Any, grid: Grid) -> np.ndarray:
     rows, cols = grid
-    flat = values.detach().flatten().float().cpu().numpy()
+    flat = _flat(values)
     if flat.size != rows * cols:
         raise ValueError(f"{flat.size} values do not fill a {rows} x {cols} grid")
     return flat.reshape(rows, cols)
 
 
-def kept_overlay(
-    image: Image.Image | np.ndarray,
-    kept: torch.Tensor,
-    grid: tuple[int, int],
+def _size(picture: Image.Image, size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if size is None:
+        return picture.size
+    if isinstance(size, int):
+        return (size, size)
+    return (int(size[0]), int(size[1]))
+
+
+def _cells(width: int, height: int, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The patch row of every pixel row and the patch column of every pixel column."""
+    rows, cols = grid
+    return np.arange(height) * rows // height, np.arange(width) * cols // width
+
+
+def _outline(
+    out: np.ndarray, cells: np.ndarray, row_of: np.ndarray, col_of: np.ndarray, colour: Color
+) -> None:
+    for r, c in zip(*np.nonzero(cells)):
+        y0, y1 = np.searchsorted(row_of, r), np.searchsorted(row_of, r, side="right") - 1
+        x0, x1 = np.searchsorted(col_of, c), np.searchsorted(col_of, c, side="right") - 1
+        out[y0, x0 : x1 + 1] = colour
+        out[y1, x0 : x1 + 1] = colour
+        out[y0 : y1 + 1, x0] = colour
+        out[y0 : y1 + 1, x1] = colour
+
+
+def colormap(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
+    """RGB ``uint8`` colours ``(..., 3)`` of ``values`` in [0, 1] under the colour map ``cmap``.
+
+    Uses matplotlib's colour maps when matplotlib is installed; without it only
+    ``"viridis"`` is available (a built-in 9-step linear approximation).
+    """
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        matplotlib = None
+    if matplotlib is not None:
+        rgba = matplotlib.colormaps[cmap](values)
+        return np.round(np.asarray(rgba)[..., :3] * 255).astype(np.uint8)
+    if cmap != "viridis":
+        raise ModuleNotFoundError(
+            f"colour map {cmap!r} needs matplotlib (`pip install matplotlib`); "
+            "without it only 'viridis' is available",
+            name="matplotlib",
+        )
+    position = values * (len(_VIRIDIS) - 1)
+    low = np.floor(position).astype(int).clip(0, len(_VIRIDIS) - 2)
+    frac = (position - low)[..., None]
+    colours = _VIRIDIS[low] * (1 - frac) + _VIRIDIS[low + 1] * frac
+    return np.round(colours).astype(np.uint8)
+
+
+def _normalise(
+    values: np.ndarray, vmin: float | None, vmax: float | None
+) -> tuple[np.ndarray, float, float]:
+    """Scores to [0, 1] (NaN stays NaN); constant scores map to 0.5. Returns (t, lo, hi)."""
+    finite = values[np.isfinite(values)]
+    lo = float(vmin) if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    with np.errstate(invalid="ignore"):
+        scaled = (values - lo) / (hi - lo) if hi > lo else np.full_like(values, 0.5)
+        t = np.clip(scaled, 0.0, 1.0)
+    t[~np.isfinite(values)] = np.nan
+    return t, lo, hi
+
+
+def _render(
+    image: ImageLike,
+    grid: Grid,
     *,
-    size: int | None = None,
+    size: int | tuple[int, int] | None,
+    kept: Any = None,
+    scores: Any = None,
+    present: Any = None,
     dim: float = 0.25,
-    outline: tuple[int, int, int] | None = (255, 200, 0),
+    outline: Color | None = (255, 200, 0),
+    cmap: str = "viridis",
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    absent_color: Color = ABSENT_COLOR,
+) -> tuple[np.ndarray, float, float]:
+    """One panel: dimmed dropped patches (no ``scores``) or the heatmap (``scores``),
+    kept patches outlined, absent cells flat. Returns (pixels, score min, score max)."""
+    picture = _as_image(image)
+    width, height = _size(picture, size)
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.BICUBIC)
+    row_of, col_of = _cells(width, height, grid)
+    pixels = np.asarray(picture, dtype=np.float32)
+    keep = None if kept is None else _grid_mask(kept, grid) > 0.5
+    exists = np.ones(grid, dtype=bool) if present is None else _grid_mask(present, grid) > 0.5
+    lo = hi = math.nan
+    if scores is not None:
+        t, lo, hi = _normalise(_grid_mask(scores, grid), vmin, vmax)
+        colours = colormap(np.nan_to_num(t, nan=0.0), cmap).astype(np.float32)
+        exists = exists & np.isfinite(t)
+        blend = (1 - alpha) * pixels + alpha * colours[row_of][:, col_of]
+        out = np.round(blend).astype(np.uint8)
+    elif keep is not None:
+        factor = np.where(keep[row_of][:, col_of], 1.0, dim)[..., None]
+        out = np.round(pixels * factor).astype(np.uint8)
+    else:
+        out = pixels.astype(np.uint8)
+    out[~exists[row_of][:, col_of]] = absent_color
+    if keep is not None and outline is not None:
+        _outline(out, keep & exists, row_of, col_of, outline)
+    return out, lo, hi
+
+
+@functools.lru_cache(maxsize=4)
+def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # old Pillow or no FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def _text(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[int, int],
+    text: str,
+    width: int,
+    height: int,
+    *,
+    fill: Color = (0, 0, 0),
+    centre: bool = True,
+) -> None:
+    """Draw ``text`` in the box at ``xy`` of ``width`` x ``height``, shortened to fit."""
+    font = _font(max(8, min(13, height - 6)))
+    while text and draw.textlength(text, font=font) > width - 4:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = xy[0] + ((width - (right - left)) // 2 if centre else 2) - left
+    y = xy[1] + (height - (bottom - top)) // 2 - top
+    draw.text((x, y), text, fill=fill, font=font)
+
+
+def _finish(picture: Image.Image, save: str | Path | None) -> Image.Image:
+    if save is not None:
+        picture.save(Path(save))
+    return picture
+
+
+# --------------------------------------------------------------------------- single pictures
+
+
+def kept_overlay(
+    image: ImageLike,
+    kept: torch.Tensor,
+    grid: Grid,
+    *,
+    size: int | tuple[int, int] | None = None,
+    dim: float = 0.25,
+    outline: Color | None = (255, 200, 0),
+    present: torch.Tensor | None = None,
+    absent_color: Color = ABSENT_COLOR,
+    save: str | Path | None = None,
 ) -> Image.Image:
     """The image with dropped patches darkened to ``dim`` brightness.
 
@@ -40,25 +267,642 @@ def kept_overlay(
         kept: ``(rows * cols,)`` bool, row-major patch order (one sample of
             :attr:`PruneResult.mask`).
         grid: ``(rows, cols)`` of the patch grid.
-        size: output side in pixels (default: the image's own size).
+        size: output side in pixels, or ``(width, height)`` (default: the image's own size).
         outline: colour of kept-patch borders, or ``None``.
+        present: optional ``(rows * cols,)`` bool, ``False`` for grid cells that are no
+            token (drawn flat in ``absent_color``).
+        save: path to write the picture to.
+
+    Size: ``size x size`` (or the image's size).
+    """
+    out, _, _ = _render(
+        image,
+        grid,
+        size=size,
+        kept=kept,
+        present=present,
+        dim=dim,
+        outline=outline,
+        absent_color=absent_color,
+    )
+    return _finish(Image.fromarray(out), save)
+
+
+def relevance_heatmap(
+    image: ImageLike,
+    scores: torch.Tensor,
+    grid: Grid,
+    *,
+    size: int | tuple[int, int] | None = None,
+    cmap: str = "viridis",
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    kept: torch.Tensor | None = None,
+    outline: Color | None = (255, 255, 255),
+    colorbar: bool = False,
+    save: str | Path | None = None,
+) -> Image.Image:
+    """Per-patch ``scores`` colour-mapped over the image (e.g. ``result.scores[b]``).
+
+    Each patch is blended as ``(1 - alpha) * pixel + alpha * cmap(t)`` with
+    ``t = (score - vmin) / (vmax - vmin)`` clipped to [0, 1]; ``vmin`` / ``vmax``
+    default to the scores' finite minimum / maximum (constant scores give ``t = 0.5``).
+    Non-finite scores (e.g. padding) are drawn in :data:`ABSENT_COLOR`.
+
+    Args:
+        scores: ``(rows * cols,)`` floats, row-major.
+        kept: optional kept mask whose patches get an ``outline``.
+        colorbar: append a :data:`COLORBAR_WIDTH` px strip on the right with the colour
+            scale, labelled with the top and bottom values.
+
+    Size: ``(W + COLORBAR_WIDTH * colorbar) x H`` where ``W x H`` is ``size x size``
+    (or the image's size).
+    """
+    out, lo, hi = _render(
+        image,
+        grid,
+        size=size,
+        kept=kept,
+        scores=scores,
+        outline=outline,
+        cmap=cmap,
+        alpha=alpha,
+        vmin=vmin,
+        vmax=vmax,
+    )
+    picture = Image.fromarray(out)
+    if colorbar:
+        height = out.shape[0]
+        full = Image.new("RGB", (out.shape[1] + COLORBAR_WIDTH, height), BACKGROUND)
+        full.paste(picture, (0, 0))
+        top, bottom = 6, max(7, height - 6)
+        ramp = colormap(np.linspace(1.0, 0.0, bottom - top), cmap)  # top = high scores
+        bar = np.repeat(ramp[:, None, :], 12, axis=1)
+        full.paste(Image.fromarray(bar), (out.shape[1] + 6, top))
+        draw = ImageDraw.Draw(full)
+        label_x, label_w = out.shape[1] + 20, COLORBAR_WIDTH - 20
+        _text(draw, (label_x, top - 2), f"{hi:.3g}", label_w, 16, centre=False)
+        _text(draw, (label_x, bottom - 14), f"{lo:.3g}", label_w, 16, centre=False)
+        picture = full
+    return _finish(picture, save)
+
+
+# --------------------------------------------------------------------------- tiles
+
+
+def _per_tile(value: Any, n: int, what: str) -> list[Any]:
+    if value is None:
+        return [None] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"{len(value)} {what} for {n} tiles")
+    return value
+
+
+def _is_grid(value: Any) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) for v in value)
+    )
+
+
+def tile_layout(
+    tiles: Sequence[ImageLike],
+    masks: Sequence[torch.Tensor | None],
+    grids: Grid | Sequence[Grid],
+    *,
+    layout: Grid | None = None,
+    tile_size: int = 224,
+    gap: int = TILE_GAP,
+    titles: Sequence[str] | None = None,
+    title_height: int = TITLE_HEIGHT,
+    scores: Sequence[torch.Tensor | None] | None = None,
+    present: Sequence[torch.Tensor | None] | None = None,
+    dim: float = 0.25,
+    outline: Color | None = (255, 200, 0),
+    cmap: str = "viridis",
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    save: str | Path | None = None,
+) -> Image.Image:
+    """Tiles with their kept masks on a ``layout = (rows, cols)`` grid of panels.
+
+    Tile ``i`` goes to panel ``(i // cols, i % cols)`` (row-major, like the tile order of
+    tiled models), resized to ``tile_size`` square, with its own patch grid ``grids[i]``
+    (or one ``(rows, cols)`` for all). ``masks[i]`` dims the dropped patches (``None``:
+    the tile as is); with ``scores[i]`` the tile shows the relevance heatmap instead,
+    kept patches outlined; ``present[i]`` marks the cells that are tokens at all.
+    Pass ``vmin`` / ``vmax`` for one colour scale over all tiles (default: per tile).
+
+    Size, with ``R x C = layout`` (default ``1 x len(tiles)``), ``s = tile_size``,
+    ``g = gap`` and ``t = title_height`` when ``titles`` is given (else 0):
+    ``(C * s + (C - 1) * g) x (R * (t + s) + (R - 1) * g)``.
+    """
+    n = len(tiles)
+    if n == 0:
+        raise ValueError("tile_layout needs at least one tile")
+    rows, cols = layout if layout is not None else (1, n)
+    if rows * cols < n:
+        raise ValueError(f"a {rows} x {cols} layout has no room for {n} tiles")
+    grid_list = [tuple(grids)] * n if _is_grid(grids) else _per_tile(grids, n, "grids")
+    masks = _per_tile(masks, n, "masks")
+    scores = _per_tile(scores, n, "score vectors")
+    present = _per_tile(present, n, "presence masks")
+    titles = None if titles is None else _per_tile(titles, n, "titles")
+    t = title_height if titles is not None else 0
+    s = tile_size
+    canvas = Image.new(
+        "RGB", (cols * s + (cols - 1) * gap, rows * (t + s) + (rows - 1) * gap), BACKGROUND
+    )
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        x, y = (i % cols) * (s + gap), (i // cols) * (t + s + gap)
+        out, _, _ = _render(
+            tiles[i],
+            grid_list[i],
+            size=s,
+            kept=masks[i],
+            scores=scores[i],
+            present=present[i],
+            dim=dim,
+            outline=outline,
+            cmap=cmap,
+            alpha=alpha,
+            vmin=vmin,
+            vmax=vmax,
+        )
+        canvas.paste(Image.fromarray(out), (x, y + t))
+        if titles is not None and t > 0:
+            _text(draw, (x, y), titles[i], s, t)
+    return _finish(canvas, save)
+
+
+def _groups(
+    groups: Sequence[tuple[Image.Image, str]],
+    title_height: int,
+    group_gap: int,
+) -> Image.Image:
+    """Groups side by side, top-aligned, each under its title bar."""
+    width = sum(g.width for g, _ in groups) + group_gap * (len(groups) - 1)
+    height = title_height + max(g.height for g, _ in groups)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for picture, title in groups:
+        canvas.paste(picture, (x, title_height))
+        if title_height > 0:
+            _text(draw, (x, 0), title, picture.width, title_height)
+        x += picture.width + group_gap
+    return canvas
+
+
+def _count(flags: np.ndarray) -> int:
+    return int((flags > 0.5).sum())
+
+
+def llava_next_token_cells(image_size: tuple[int, int], crop_grid: Grid, side: int) -> np.ndarray:
+    """Where each token of LLaVA-NeXT's packed sequence of one image comes from.
+
+    The sequence is the base view's ``side x side`` tokens (row-major), then the crops
+    stitched into one ``(crop_rows * side) x (crop_cols * side)`` grid, unpadded to the
+    image's aspect ratio by ``transformers``' own ``unpad_image``, row-major with one
+    newline token after each row.
+
+    Args:
+        image_size: ``(height, width)`` of the image as the model got it (``image_sizes``).
+        crop_grid: ``(crop_rows, crop_cols)`` of the crop grid.
+        side: patches per crop side (``vision image_size // patch_size``, 24 for LLaVA-1.6).
+
+    Returns:
+        ``(L, 3)`` int64 ``(view, row, col)`` per token: view 0 is the base view,
+        view ``1 + i`` the crop ``i`` (row-major over the crop grid), ``row`` / ``col``
+        the patch inside that view; newline tokens are ``(-1, -1, -1)``.
+    """
+    from transformers.models.llava_next.modeling_llava_next import unpad_image
+
+    crop_rows, crop_cols = crop_grid
+    height, width = crop_rows * side, crop_cols * side
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    )  # (2, H, W): every cell's own row and column
+    kept = unpad_image(coords, [int(image_size[0]), int(image_size[1])])
+    ys, xs = kept[0, :, 0].numpy(), kept[1, 0, :].numpy()
+    base = np.stack(
+        [np.zeros(side * side, dtype=np.int64), *np.divmod(np.arange(side * side), side)], 1
+    )
+    rows = []
+    for y in ys:
+        view = 1 + (y // side) * crop_cols + xs // side
+        rows.append(np.stack([view, np.full_like(xs, y % side), xs % side], 1))
+        rows.append(np.full((1, 3), -1, dtype=np.int64))
+    return np.concatenate([base, *rows]).astype(np.int64)
+
+
+def _crop_grid(
+    image_size: tuple[int, int], crop_grid: Grid | None, grid_pinpoints: Any, crop_px: int
+) -> Grid:
+    if crop_grid is not None:
+        return (int(crop_grid[0]), int(crop_grid[1]))
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+    rows, cols = get_anyres_image_grid_shape(
+        [int(image_size[0]), int(image_size[1])], [list(p) for p in grid_pinpoints], crop_px
+    )
+    return (int(rows), int(cols))
+
+
+def _flat_mask(mask: Any, length: int, what: str) -> np.ndarray:
+    """A ``(>= length,)`` per-token mask cut to ``length``; a longer tail must be padding."""
+    flat = _flat(mask)
+    if flat.size < length or (flat.size > length and (flat[length:] > 0.5).any()):
+        raise ValueError(f"{what}; got a mask of {flat.size} values")
+    return flat[:length]
+
+
+def _flat_scores(scores: Any, length: int, what: str) -> np.ndarray | None:
+    if scores is None:
+        return None
+    flat = _flat(scores)
+    if flat.size < length:
+        raise ValueError(f"{what}; got {flat.size} scores")
+    return flat[:length]
+
+
+def _score_range(scores: np.ndarray | None) -> dict[str, float]:
+    """Common ``vmin`` / ``vmax`` of all tiles of an image (one colour scale for the image)."""
+    if scores is None:
+        return {}
+    finite = scores[np.isfinite(scores)]
+    return {} if finite.size == 0 else {"vmin": float(finite.min()), "vmax": float(finite.max())}
+
+
+def llava_next_layout(
+    image: ImageLike,
+    mask: torch.Tensor,
+    *,
+    image_size: tuple[int, int] | None = None,
+    crop_grid: Grid | None = None,
+    grid_pinpoints: Sequence[Sequence[int]] = LLAVA_NEXT_PINPOINTS,
+    crop_px: int = 336,
+    patch_px: int = 14,
+    scores: torch.Tensor | None = None,
+    tile_size: int = 224,
+    gap: int = TILE_GAP,
+    group_gap: int = GROUP_GAP,
+    title_height: int = TITLE_HEIGHT,
+    dim: float = 0.25,
+    outline: Color | None = (255, 200, 0),
+    cmap: str = "viridis",
+    save: str | Path | None = None,
+) -> Image.Image:
+    """LLaVA-NeXT's view of an image with the kept tokens: the base view, then the crop grid.
+
+    ``mask`` is one row of :attr:`PruneResult.mask` from ``prunekit.attach`` on a
+    LLaVA-NeXT model: the image's packed sequence (base view, then the unpadded crop grid
+    with a newline token per row, see :func:`llava_next_token_cells`), optionally
+    followed by batch padding. Newline tokens are always kept and are not drawn. The crops
+    show the processor's canvas (the image resized into the best pinpoint resolution,
+    keeping its aspect ratio, and centred on black padding); grid cells the model removed
+    when unpadding carry no token and are drawn in :data:`ABSENT_COLOR`.
+
+    Args:
+        image: the picture given to the processor.
+        image_size: ``(height, width)`` the model got in ``image_sizes`` (default: the
+            picture's own size).
+        crop_grid: ``(crop_rows, crop_cols)``; default: from ``grid_pinpoints`` (the
+            model's ``config.image_grid_pinpoints``) as the model computes it.
+        crop_px / patch_px: crop and patch side of the vision tower (336 / 14 for LLaVA-1.6).
+        scores: optional per-token scores of the same row: heatmaps instead of dimming.
+
+    Size, with ``s = tile_size``, ``g = gap``, ``G = group_gap``, ``t = title_height``
+    and a ``R x C`` crop grid: ``(s + G + C * s + (C - 1) * g) x
+    (t + max(s, R * s + (R - 1) * g))``.
     """
     picture = _as_image(image)
-    if size is not None:
-        picture = picture.resize((size, size), Image.BICUBIC)
-    keep = _grid_mask(kept, grid) > 0.5
-    rows, cols = grid
-    width, height = picture.size
-    row_of = np.arange(height) * rows // height  # patch row of every pixel row
-    col_of = np.arange(width) * cols // width
-    factor = np.where(keep[row_of][:, col_of], 1.0, dim)[..., None]
-    out = np.round(np.asarray(picture, dtype=np.float32) * factor).astype(np.uint8)
-    if outline is not None:
-        for r, c in zip(*np.nonzero(keep)):
-            y0, y1 = np.searchsorted(row_of, r), np.searchsorted(row_of, r, side="right") - 1
-            x0, x1 = np.searchsorted(col_of, c), np.searchsorted(col_of, c, side="right") - 1
-            out[y0, x0 : x1 + 1] = outline
-            out[y1, x0 : x1 + 1] = outline
-            out[y0 : y1 + 1, x0] = outline
-            out[y0 : y1 + 1, x1] = outline
-    return Image.fromarray(out)
+    if image_size is None:
+        image_size = (picture.height, picture.width)
+    side = crop_px // patch_px
+    grid = _crop_grid(image_size, crop_grid, grid_pinpoints, crop_px)
+    cells = llava_next_token_cells(image_size, grid, side)
+    crop_rows, crop_cols = grid
+    n_crop_rows = int((cells[:, 0] == -1).sum())
+    what = (
+        f"a {image_size[0]} x {image_size[1]} LLaVA-NeXT image with {crop_rows} x {crop_cols} "
+        f"crops of {side} x {side} patches has {len(cells)} tokens ({side * side} base + "
+        f"{len(cells) - side * side - n_crop_rows} crop tokens + {n_crop_rows} newlines)"
+    )
+    keep = _flat_mask(mask, len(cells), what)
+    score = _flat_scores(scores, len(cells), what)
+
+    n_views = 1 + crop_rows * crop_cols
+    view_keep = np.zeros((n_views, side, side))
+    view_score = np.full((n_views, side, side), np.nan)
+    view_present = np.zeros((n_views, side, side), dtype=bool)
+    token = cells[:, 0] >= 0
+    v, r, c = cells[token].T
+    view_keep[v, r, c] = keep[token]
+    view_present[v, r, c] = True
+    if score is not None:
+        view_score[v, r, c] = score[token]
+
+    # what the processor feeds the vision tower: base view squashed, canvas with padding
+    base = picture.resize((crop_px, crop_px), Image.BICUBIC)
+    height, width = int(image_size[0]), int(image_size[1])
+    target_h, target_w = crop_rows * crop_px, crop_cols * crop_px
+    scale_w, scale_h = target_w / width, target_h / height
+    if scale_w < scale_h:
+        new_w, new_h = target_w, min(math.ceil(height * scale_w), target_h)
+    else:
+        new_w, new_h = min(math.ceil(width * scale_h), target_w), target_h
+    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+    canvas.paste(
+        picture.resize((new_w, new_h), Image.BICUBIC),
+        ((target_w - new_w) // 2, (target_h - new_h) // 2),
+    )
+    crops = [
+        canvas.crop((j * crop_px, i * crop_px, (j + 1) * crop_px, (i + 1) * crop_px))
+        for i in range(crop_rows)
+        for j in range(crop_cols)
+    ]
+    common = dict(tile_size=tile_size, dim=dim, outline=outline, cmap=cmap)
+    common.update(_score_range(score))
+    with_scores = score is not None
+    base_panel = tile_layout(
+        [base],
+        [view_keep[0]],
+        (side, side),
+        scores=[view_score[0]] if with_scores else None,
+        **common,
+    )
+    crop_panel = tile_layout(
+        crops,
+        list(view_keep[1:]),
+        (side, side),
+        layout=grid,
+        gap=gap,
+        scores=list(view_score[1:]) if with_scores else None,
+        present=list(view_present[1:]),
+        **common,
+    )
+    n_base, n_crop = side * side, int(view_present[1:].sum())
+    picture = _groups(
+        [
+            (base_panel, f"base view: {_count(view_keep[0])}/{n_base} kept"),
+            (
+                crop_panel,
+                f"{crop_rows} x {crop_cols} crops: {_count(view_keep[1:])}/{n_crop} kept",
+            ),
+        ],
+        title_height,
+        group_gap,
+    )
+    return _finish(picture, save)
+
+
+def internvl_tile_grid(
+    image_size: tuple[int, int], *, min_tiles: int = 1, max_tiles: int = 12, tile_px: int = 448
+) -> Grid:
+    """``(rows, cols)`` of the tiles InternVL's processor cuts an image of ``(height, width)``
+    into (``transformers``' ``get_optimal_tiled_canvas``; the thumbnail is extra)."""
+    try:
+        from transformers.models.got_ocr2.image_processing_got_ocr2 import (
+            get_optimal_tiled_canvas,
+        )
+    except ImportError:  # e.g. no torchvision: transformers 5's PIL image processor has it too
+        try:
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+                get_optimal_tiled_canvas,
+            )
+        except ImportError as exc:  # older transformers: no InternVL either
+            raise ImportError(
+                "computing InternVL's tile grid needs transformers with GOT-OCR2 / InternVL "
+                "support; pass tile_grid=(rows, cols) instead"
+            ) from exc
+    cols, rows = get_optimal_tiled_canvas(
+        (int(image_size[0]), int(image_size[1])), (tile_px, tile_px), min_tiles, max_tiles
+    )
+    return (int(rows), int(cols))
+
+
+def internvl_layout(
+    image: ImageLike,
+    mask: torch.Tensor,
+    *,
+    tile_grid: Grid | None = None,
+    tokens_per_tile: int = 256,
+    min_tiles: int = 1,
+    max_tiles: int = 12,
+    tile_px: int = 448,
+    scores: torch.Tensor | None = None,
+    tile_size: int = 224,
+    gap: int = TILE_GAP,
+    group_gap: int = GROUP_GAP,
+    title_height: int = TITLE_HEIGHT,
+    dim: float = 0.25,
+    outline: Color | None = (255, 200, 0),
+    cmap: str = "viridis",
+    save: str | Path | None = None,
+) -> Image.Image:
+    """InternVL's view of an image with the kept tokens: the tile grid, then the thumbnail.
+
+    ``mask`` holds the image's ``k * T`` tokens tile-major (token ``j`` of tile ``t`` is
+    index ``t * T + j``, ``T = tokens_per_tile``): one row of :attr:`PruneResult.mask`
+    with ``budget_scope="image"`` (batch padding after it is allowed), or the ``k`` rows
+    of ``budget_scope="tile"`` as a ``(k, T)`` tensor. Within a tile, the tokens are
+    row-major on the ``sqrt(T) x sqrt(T)`` grid left by pixel shuffle (16 x 16 tokens of
+    28 px on a 448 px tile). The tiles are the image resized to ``cols x rows`` tiles
+    (aspect ratio not kept), row-major; with several tiles the last one is the thumbnail
+    (the whole image in one tile).
+
+    Args:
+        tile_grid: ``(rows, cols)`` of the tiles; default: :func:`internvl_tile_grid`
+            of the picture's size with ``min_tiles`` / ``max_tiles`` (the processor's
+            ``min_patches`` / ``max_patches``).
+
+    Size, with ``s = tile_size``, ``g = gap``, ``G = group_gap``, ``t = title_height``
+    and ``R x C`` tiles: ``(C * s + (C - 1) * g + (G + s if R * C > 1 else 0)) x
+    (t + max(R * s + (R - 1) * g, s))``.
+    """
+    picture = _as_image(image)
+    side = math.isqrt(tokens_per_tile)
+    if side * side != tokens_per_tile:
+        raise ValueError(f"tokens_per_tile must be a square number, got {tokens_per_tile}")
+    if tile_grid is None:
+        tile_grid = internvl_tile_grid(
+            (picture.height, picture.width),
+            min_tiles=min_tiles,
+            max_tiles=max_tiles,
+            tile_px=tile_px,
+        )
+    rows, cols = int(tile_grid[0]), int(tile_grid[1])
+    n_tiles = rows * cols + (1 if rows * cols > 1 else 0)
+    length = n_tiles * tokens_per_tile
+    what = (
+        f"an InternVL image of {rows} x {cols} tiles"
+        f"{' + thumbnail' if n_tiles > 1 else ''} has {n_tiles} x {tokens_per_tile} = "
+        f"{length} tokens"
+    )
+    keep = _flat_mask(mask, length, what).reshape(n_tiles, tokens_per_tile)
+    score = _flat_scores(scores, length, what)
+    if score is not None:
+        score = score.reshape(n_tiles, tokens_per_tile)
+
+    resized = picture.resize((cols * tile_px, rows * tile_px), Image.BICUBIC)
+    tiles = [
+        resized.crop((j * tile_px, i * tile_px, (j + 1) * tile_px, (i + 1) * tile_px))
+        for i in range(rows)
+        for j in range(cols)
+    ]
+    common = dict(tile_size=tile_size, dim=dim, outline=outline, cmap=cmap)
+    common.update(_score_range(score))
+    n_grid = rows * cols
+    grid_panel = tile_layout(
+        tiles,
+        list(keep[:n_grid]),
+        (side, side),
+        layout=(rows, cols),
+        gap=gap,
+        scores=None if score is None else list(score[:n_grid]),
+        **common,
+    )
+    groups = [
+        (
+            grid_panel,
+            f"{rows} x {cols} tile{'s' if n_grid > 1 else ''}: "
+            f"{_count(keep[:n_grid])}/{n_grid * tokens_per_tile} kept",
+        )
+    ]
+    if n_tiles > 1:
+        thumb = picture.resize((tile_px, tile_px), Image.BICUBIC)
+        thumb_panel = tile_layout(
+            [thumb],
+            [keep[-1]],
+            (side, side),
+            scores=None if score is None else [score[-1]],
+            **common,
+        )
+        groups.append((thumb_panel, f"thumbnail: {_count(keep[-1])}/{tokens_per_tile} kept"))
+    return _finish(_groups(groups, title_height, group_gap), save)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def _entry(value: Any, row: int) -> tuple[Any, Any, int | None]:
+    """(mask, scores, valid count) of one ``side_by_side`` entry."""
+    from prunekit.core.result import PruneResult
+
+    if isinstance(value, PruneResult):
+        scores = None if value.scores is None else value.scores[row]
+        return value.mask[row], scores, int(value.valid_counts[row])
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError("a side_by_side entry must be (mask, scores or None)")
+        return value[0], value[1], None
+    return value, None, None
+
+
+def side_by_side(
+    image: ImageLike,
+    results: Mapping[str, Any],
+    grid: Grid,
+    *,
+    size: int = 224,
+    heatmap: bool = False,
+    columns: int | None = None,
+    gap: int = PANEL_GAP,
+    title_height: int = TITLE_HEIGHT,
+    row: int = 0,
+    dim: float = 0.25,
+    outline: Color | None = (255, 200, 0),
+    cmap: str = "viridis",
+    alpha: float = 0.6,
+    save: str | Path | None = None,
+) -> Image.Image:
+    """What several pruners keep on the same image, one titled panel each.
+
+    Args:
+        results: label (e.g. the pruner name) -> a :class:`PruneResult` (its batch row
+            ``row``), a ``(mask, scores or None)`` pair or a bare mask, all over the
+            ``grid`` of the image's tokens. Panels follow the mapping's order.
+        heatmap: add under each panel the relevance heatmap of its scores (kept patches
+            outlined, min-max normalised per panel, the range written in its corner), or
+            a grey "no scores" panel.
+        columns: panels per row (default: all in one row).
+
+    Each title reads ``"<label>: <kept>/<tokens> kept"`` (tokens: the result's valid
+    count, else the mask's length).
+
+    Size, with ``n`` entries, ``C = min(columns or n, n)`` columns, ``R = ceil(n / C)``
+    rows, ``p = 2`` with ``heatmap`` (else 1), ``s = size``, ``g = gap``,
+    ``t = title_height``: ``(C * s + (C - 1) * g) x (R * (t + p * s + (p - 1) * g) +
+    (R - 1) * g)``.
+    """
+    n = len(results)
+    if n == 0:
+        raise ValueError("side_by_side needs at least one result")
+    picture = _as_image(image)
+    cols = min(columns or n, n)
+    rows = math.ceil(n / cols)
+    panels = 2 if heatmap else 1
+    s, t = size, title_height
+    cell_h = t + panels * s + (panels - 1) * gap
+    canvas = Image.new(
+        "RGB", (cols * s + (cols - 1) * gap, rows * cell_h + (rows - 1) * gap), BACKGROUND
+    )
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, value) in enumerate(results.items()):
+        mask, scores, total = _entry(value, row)
+        keep = _flat(mask)
+        total = keep.size if total is None else total
+        x, y = (i % cols) * (s + gap), (i // cols) * (cell_h + gap)
+        if t > 0:
+            _text(draw, (x, y), f"{label}: {_count(keep)}/{total} kept", s, t)
+        out, _, _ = _render(picture, grid, size=s, kept=keep, dim=dim, outline=outline)
+        canvas.paste(Image.fromarray(out), (x, y + t))
+        if not heatmap:
+            continue
+        y_map = y + t + s + gap
+        if scores is None:
+            canvas.paste((225, 225, 225), (x, y_map, x + s, y_map + s))
+            _text(draw, (x, y_map), "no scores", s, s, fill=(90, 90, 90))
+            continue
+        out, lo, hi = _render(
+            picture,
+            grid,
+            size=s,
+            kept=keep,
+            scores=scores,
+            outline=(255, 255, 255),
+            cmap=cmap,
+            alpha=alpha,
+        )
+        canvas.paste(Image.fromarray(out), (x, y_map))
+        caption = f"scores {lo:.3g}…{hi:.3g}" if hi > lo else f"uniform scores {lo:.3g}"
+        box_h = 16
+        draw.rectangle((x, y_map + s - box_h, x + s - 1, y_map + s - 1), fill=(0, 0, 0))
+        _text(draw, (x, y_map + s - box_h), caption, s, box_h, fill=(255, 255, 255))
+    return _finish(canvas, save)
+
+
+__all__ = [
+    "ABSENT_COLOR",
+    "COLORBAR_WIDTH",
+    "GROUP_GAP",
+    "LLAVA_NEXT_PINPOINTS",
+    "PANEL_GAP",
+    "TILE_GAP",
+    "TITLE_HEIGHT",
+    "colormap",
+    "internvl_layout",
+    "internvl_tile_grid",
+    "kept_overlay",
+    "llava_next_layout",
+    "llava_next_token_cells",
+    "relevance_heatmap",
+    "side_by_side",
+    "tile_layout",
+]
