@@ -1,4 +1,20 @@
-"""The ``prunekit`` command line."""
+"""The ``prunekit`` command line.
+
+* ``prunekit list [PATTERN]``: registered pruners, strategies, adapters (with
+  their parameters and defaults) and the options of every config group;
+* ``prunekit run [OVERRIDES...] --image IMG --prompt TEXT --out PNG``: one model,
+  one image, one prompt; prints the answer, the tokens kept and the time, and
+  writes the kept-token picture;
+* ``prunekit ablate [OVERRIDES...] --out DIR``: a sweep over config values, e.g.
+  ``relevance=none,text selection=greedy_residual,topk budget=0.111,0.222``; one
+  folder per run and a summary (markdown, CSV, plot); a rerun skips finished runs;
+* ``prunekit viz ...``: what several pruners keep on the same image, side by side;
+* ``prunekit demo``: prune a real photo's DINOv2-S patch tokens offline.
+
+OVERRIDES are Hydra overrides of the configs in ``prunekit/conf`` (``key=value``,
+``group=option``, comma lists to sweep). A config error stops the command before
+any work, with the key at fault and the closest valid one.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +41,12 @@ def _budget(text: str) -> int | float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _params(spec) -> str:
+    return ", ".join(
+        k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in spec.parameters().items()
+    )
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from prunekit.registry import KINDS, get_registry
 
@@ -32,13 +54,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for kind in KINDS:
         print(f"{kind}:")
         for spec in registry.specs(kind, args.pattern):
-            params = ", ".join(
-                k if v is inspect.Parameter.empty else f"{k}={v!r}"
-                for k, v in spec.parameters().items()
-            )
-            print(f"  {spec.name:<18} [{spec.plugin}] ({params})")
+            print(f"  {spec.name:<18} [{spec.plugin}] ({_params(spec)})")
     for name, why in registry.failed_plugins.items():
         print(f"skipped plugin {name!r}: {why}", file=sys.stderr)
+    if args.pattern == "*":
+        from prunekit.experiments import group_options
+
+        print("config groups (prunekit run / ablate GROUP=OPTION):")
+        for group, options in group_options(args.config_dir).items():
+            print(f"  {group:<18} {', '.join(options)}")
+        print("  budget             a value: int tokens kept, or float fraction in (0, 1]")
     return 0
 
 
@@ -50,13 +75,118 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from prunekit.experiments import compose, run_single
+
+    cfg = compose(args.overrides, config_dirs=args.config_dir)  # checked before any model loads
+    report = run_single(cfg, image=args.image, prompt=args.prompt, out=args.out, size=args.size)
+    print(report.summary())
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from prunekit.experiments import ablate
+
+    ablation = ablate(
+        args.overrides, out=args.out, config_dirs=args.config_dir, dry_run=args.dry_run
+    )
+    if args.dry_run:
+        return 0
+    missing = ablation.missing
+    if missing:
+        print(
+            f"prunekit: error: {len(missing)} runs did not finish: "
+            f"{', '.join(d.name for d in missing)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_viz(args: argparse.Namespace) -> int:  # pragma: no cover - dispatched in main()
+    return _viz(args.args)
+
+
+def _viz(argv: Sequence[str]) -> int:
+    try:
+        from prunekit.vizcmd import main as viz_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "prunekit.vizcmd":
+            raise
+        print("prunekit: error: `prunekit viz` is not available in this version", file=sys.stderr)
+        return 2
+    return viz_main(list(argv))
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="OVERRIDE",
+        help="Hydra overrides: key=value, group=option (e.g. pruner=resprune pruner.alpha=2 budget=64)",
+    )
+    parser.add_argument(
+        "--config-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="an extra folder of config groups (e.g. DIR/pruner/mine.yaml); repeatable",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunekit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="prunekit",
+        description=(__doc__ or "").replace("``", "`"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    listing = sub.add_parser("list", help="registered pruners, strategies and noun extractors")
+    listing = sub.add_parser(
+        "list", help="registered pruners, strategies and adapters; config group options"
+    )
     listing.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*prune*'")
+    listing.add_argument("--config-dir", action="append", default=[], metavar="DIR")
     listing.set_defaults(func=_cmd_list)
+
+    run = sub.add_parser(
+        "run",
+        help="one model, one image, one prompt: answer, tokens kept, time, kept-token picture",
+        description="Prune one model on one image and prompt. Defaults: the offline tiny model "
+        "(model=tiny), pruner=composed relevance=text selection=greedy_residual, budget=0.222.",
+    )
+    _add_config_options(run)
+    run.add_argument(
+        "--image", default="astronaut", help="image file, or a scikit-image sample name"
+    )
+    run.add_argument("--prompt", default="What is in the picture?", help="the question")
+    run.add_argument("--out", default="prunekit_run.png", help="PNG path of the kept-token picture")
+    run.add_argument("--size", type=int, default=256, help="side of the picture in pixels")
+    run.set_defaults(func=_cmd_run)
+
+    ablate = sub.add_parser(
+        "ablate",
+        help="a sweep over config values on a data set: one folder per run and a summary",
+        description="Sweep config values (comma lists, range(), choice(), glob()) with Hydra's "
+        "multirun; hydra/launcher=... sends the same sweep to a cluster. Finished runs are "
+        "skipped on a rerun.",
+    )
+    _add_config_options(ablate)
+    ablate.add_argument(
+        "--out", default=None, help="sweep folder (default: hydra.sweep.dir, 'prunekit-ablation')"
+    )
+    ablate.add_argument(
+        "--dry-run", action="store_true", help="check every run's config and list the runs only"
+    )
+    ablate.set_defaults(func=_cmd_ablate)
+
+    viz = sub.add_parser(
+        "viz",
+        help="what several pruners keep on the same image, side by side",
+        add_help=False,
+    )
+    viz.add_argument("args", nargs=argparse.REMAINDER)
+    viz.set_defaults(func=_cmd_viz)
 
     demo = sub.add_parser(
         "demo", help="prune a real photo's DINOv2-S patch tokens offline and write a picture"
@@ -72,9 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "viz":  # its own parser (prunekit.vizcmd), options included
+        return _viz(argv[1:])
     args = build_parser().parse_args(argv)
+    from prunekit.experiments.config import ConfigError
+
     try:
         return args.func(args)
+    except ConfigError as exc:
+        print(f"prunekit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\nprunekit: interrupted; finished runs are kept; the same command resumes",
+            file=sys.stderr,
+        )
+        return 130
+    except SystemExit as exc:  # Hydra reports a failed job and exits
+        return exc.code if isinstance(exc.code, int) else 1
     except (TypeError, ValueError, ModuleNotFoundError, FileNotFoundError) as exc:
         print(f"prunekit: error: {exc}", file=sys.stderr)
         return 2

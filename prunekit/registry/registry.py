@@ -49,16 +49,26 @@ class ComponentSpec:
         return doc.split("\n\n")[0].replace("\n", " ")
 
     def parameters(self) -> dict[str, Any]:
-        """Keyword parameters of the factory and their defaults (``inspect.Parameter.empty`` if required)."""
-        try:
-            signature = inspect.signature(self.factory)
-        except (TypeError, ValueError):
-            return {}
-        return {
-            name: p.default
-            for name, p in signature.parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
+        """Keyword parameters of the factory and their defaults (``inspect.Parameter.empty`` if required).
+
+        A class whose ``__init__`` passes ``**kwargs`` on to its base classes also
+        lists the parameters of the bases' ``__init__`` (e.g. an adapter's inherited options).
+        """
+        targets = [self.factory]
+        if inspect.isclass(self.factory):
+            targets = [c.__init__ for c in self.factory.__mro__ if "__init__" in vars(c)]
+        out: dict[str, Any] = {}
+        for target in targets:
+            try:
+                signature = inspect.signature(target)
+            except (TypeError, ValueError):
+                break
+            for name, p in signature.parameters.items():
+                if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                    out.setdefault(name, p.default)
+            if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+                break
+        return out
 
 
 class _Staging:

@@ -1,0 +1,132 @@
+"""VQA data sets for ablations: the ``data`` config group's loaders.
+
+Each loader returns a :class:`VQADataset`, a fixed list of samples (image,
+question, gold answer) and the closed set of answers. Loaders are deterministic:
+the same config gives the same samples, in the same order, on every machine.
+A new data set is a function returning a :class:`VQADataset` and a YAML file in
+a ``data`` config folder naming it as ``_target_``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw
+
+#: easy-VQA's shapes and colours (RGB), also used by the generated tiny set
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 210, 40),
+    "teal": (40, 160, 160),
+    "brown": (130, 80, 30),
+    "gray": (128, 128, 128),
+    "black": (10, 10, 10),
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One question about one image."""
+
+    id: str
+    image: Image.Image = field(repr=False)
+    question: str
+    answer: str
+
+
+@dataclass
+class VQADataset:
+    """Samples and the closed answer set (what ``bench.closed_answers`` decodes)."""
+
+    name: str
+    samples: list[Sample]
+    answers: list[str]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def draw_shape(shape: str, color: str, image_size: int, rng: random.Random) -> Image.Image:
+    """One ``shape`` in ``color`` at a random place and size on a white square."""
+    image = Image.new("RGB", (image_size, image_size), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    side = rng.randint(image_size // 3, image_size * 2 // 3)
+    x0 = rng.randint(0, image_size - side)
+    y0 = rng.randint(0, image_size - side)
+    box = (x0, y0, x0 + side - 1, y0 + side - 1)
+    fill = COLORS[color]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "rectangle":
+        draw.rectangle((x0, y0 + side // 4, x0 + side - 1, y0 + 3 * side // 4), fill=fill)
+    else:
+        draw.polygon(
+            [(x0 + side // 2, y0), (x0, y0 + side - 1), (x0 + side - 1, y0 + side - 1)], fill=fill
+        )
+    return image
+
+
+def tiny(n_samples: int = 8, image_size: int = 64, seed: int = 0) -> VQADataset:
+    """``n_samples`` generated pictures, each with a shape, a colour or a yes/no question."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    rng = random.Random(seed)
+    samples = []
+    for i in range(n_samples):
+        shape, color = rng.choice(SHAPES), rng.choice(sorted(COLORS))
+        image = draw_shape(shape, color, image_size, rng)
+        kind = i % 3
+        if kind == 0:
+            question, answer = "what shape is in the image?", shape
+        elif kind == 1:
+            question, answer = f"what color is the {shape}?", color
+        else:
+            asked = rng.choice(SHAPES)
+            question, answer = (
+                f"is there a {asked} in the image?",
+                "yes" if asked == shape else "no",
+            )
+        samples.append(Sample(id=f"tiny-{i}", image=image, question=question, answer=answer))
+    answers = sorted({*SHAPES, *COLORS, "yes", "no"})
+    return VQADataset(name="tiny", samples=samples, answers=answers)
+
+
+def easyvqa(split: str = "test", n_samples: int = 200, seed: int = 0) -> VQADataset:
+    """A seeded subset of easy-VQA (``pip install easy-vqa``; images ship in the package).
+
+    The subset is ``n_samples`` question indices drawn without replacement with
+    ``random.Random(seed)``, in ascending order.
+    """
+    import easy_vqa
+
+    if split == "test":
+        questions, answers, image_ids = easy_vqa.get_test_questions()
+        paths = easy_vqa.get_test_image_paths()
+    elif split == "train":
+        questions, answers, image_ids = easy_vqa.get_train_questions()
+        paths = easy_vqa.get_train_image_paths()
+    else:
+        raise ValueError(f"easy-VQA split must be 'train' or 'test', got {split!r}")
+    if not 1 <= n_samples <= len(questions):
+        raise ValueError(f"n_samples must be in [1, {len(questions)}] for split {split!r}")
+    picked = sorted(random.Random(seed).sample(range(len(questions)), n_samples))
+    images: dict[int, Image.Image] = {}
+    samples = []
+    for i in picked:
+        image_id = image_ids[i]
+        if image_id not in images:
+            with Image.open(paths[image_id]) as file:
+                images[image_id] = file.convert("RGB")
+        samples.append(
+            Sample(
+                id=f"easyvqa-{split}-{i}",
+                image=images[image_id],
+                question=questions[i],
+                answer=answers[i],
+            )
+        )
+    return VQADataset(name="easyvqa", samples=samples, answers=list(easy_vqa.get_answers()))

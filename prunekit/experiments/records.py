@@ -1,0 +1,93 @@
+"""What a run folder records besides its results: versions, git commit, device."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("prunekit", "torch", "transformers", "hydra-core", "omegaconf", "numpy")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of prunekit and the packages its results depend on."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> dict[str, Any]:
+    """The commit of the prunekit source tree in use (``None`` outside a git checkout) and whether it has local changes."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_record(device: Any) -> dict[str, Any]:
+    """The device a run used: its type, its name, and the threads / GPUs available."""
+    import torch
+
+    device = torch.device(device)
+    record: dict[str, Any] = {"device": str(device)}
+    if device.type == "cuda":
+        record["name"] = torch.cuda.get_device_name(device)
+        record["cuda"] = torch.version.cuda
+    else:
+        record["name"] = _cpu_name()
+    record["torch_threads"] = torch.get_num_threads()
+    return record
+
+
+def environment(device: Any) -> dict[str, Any]:
+    return {
+        "versions": versions(),
+        "git": git_commit(),
+        "device": device_record(device),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "command": os.environ.get("PRUNEKIT_COMMAND") or shlex.join(sys.argv),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a reader never sees a half-written file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,270 @@
+"""Running one configuration: one image and prompt (``prunekit run``) or a whole data set (a sweep's run)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prunekit.experiments.bench import generate_answers, prompt_text, score
+from prunekit.experiments.config import (
+    attach_options,
+    build_model,
+    build_pruner,
+    load_data,
+    resolve_device,
+)
+from prunekit.experiments.records import environment, write_json
+
+#: keys that do not change a run's results (left out when a rerun compares configs)
+NON_RESULT_KEYS = (("bench", "progress"),)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The fully resolved config as plain data (without Hydra's own node)."""
+    keys = [k for k in cfg if k != "hydra"]
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+
+
+def result_key(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys that do not change results."""
+    config = json.loads(json.dumps(config))
+    for path in NON_RESULT_KEYS:
+        node = config
+        for part in path[:-1]:
+            node = node.get(part, {})
+        node.pop(path[-1], None)
+    return config
+
+
+def finished_result(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's ``result.json`` if it finished with the same config, else ``None``."""
+    path = Path(run_dir) / "result.json"
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if result_key(result.get("config", {})) == result_key(config) else None
+
+
+# -- prunekit run -------------------------------------------------------------------------
+@dataclass
+class RunReport:
+    """What ``prunekit run`` measured on one image and one prompt."""
+
+    model: str
+    pruner: str
+    budget: Any
+    prompt: str
+    answer: str
+    tokens_in: int
+    tokens_kept: int
+    seconds: float
+    picture: Path | None
+
+    def summary(self) -> str:
+        lines = [
+            f"model: {self.model}   pruner: {self.pruner}   budget: {self.budget}",
+            f"prompt: {self.prompt}",
+            f"answer: {self.answer}",
+            f"tokens kept: {self.tokens_kept} / {self.tokens_in} "
+            f"({100 * self.tokens_kept / max(self.tokens_in, 1):.1f} %)",
+            f"time: {1e3 * self.seconds:.1f} ms (generate, pruning included)",
+        ]
+        if self.picture is not None:
+            lines.append(f"kept-token picture: {self.picture}")
+        else:
+            lines.append(
+                "kept-token picture: not written (the kept tokens do not form a square grid)"
+            )
+        return "\n".join(lines)
+
+
+def load_image(image: str) -> Any:
+    """An image file path, or the name of a scikit-image sample (``astronaut``, ``chelsea``, ...)."""
+    from PIL import Image
+
+    path = Path(image)
+    if path.is_file():
+        with Image.open(path) as file:
+            return file.convert("RGB")
+    if path.suffix or "/" in image:
+        raise FileNotFoundError(f"image file {image!r} not found")
+    from prunekit.demo import sample_image
+
+    return Image.fromarray(sample_image(image))
+
+
+@torch.no_grad()
+def run_single(
+    cfg: DictConfig, *, image: str, prompt: str, out: str | Path | None, size: int = 256
+) -> RunReport:
+    """Prune ``cfg``'s model on one image and prompt: the answer, the tokens kept, the time, a picture."""
+    import prunekit
+    from prunekit.viz import kept_overlay
+
+    seed_everything(cfg.seed)
+    pruner = build_pruner(cfg)
+    picture = load_image(image)
+    model, processor = build_model(cfg)
+    inputs = processor(
+        images=[picture],
+        text=[prompt_text(cfg.model.prompt, prompt, processor)],
+        return_tensors="pt",
+        padding=True,
+    )
+    device = resolve_device(cfg.device)
+    inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in dict(inputs).items()}
+    options = attach_options(cfg, processor)
+    kwargs = dict(
+        max_new_tokens=cfg.bench.max_new_tokens,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    with prunekit.attach(model, pruner, budget=cfg.budget, **options) as handle:
+        model.generate(**inputs, **{**kwargs, "max_new_tokens": 1})  # warm-up (one-off costs)
+        handle.results.clear()
+        tic = time.perf_counter()
+        output = model.generate(**inputs, **kwargs)
+        seconds = time.perf_counter() - tic
+    new = output.sequences[:, output.sequences.shape[1] - len(output.scores) :]
+    answer = processor.batch_decode(new, skip_special_tokens=True)[0].strip()
+    result = handle.results[0]
+    mask = result.mask[0]
+    n_tokens = int(mask.shape[0])
+    side = int(round(n_tokens**0.5))
+    written = None
+    if out is not None and side * side == n_tokens:
+        written = Path(out)
+        written.parent.mkdir(parents=True, exist_ok=True)
+        kept_overlay(picture, mask, (side, side), size=size).save(written)
+    return RunReport(
+        model=cfg.model.name,
+        pruner=repr(pruner),
+        budget=cfg.budget,
+        prompt=prompt,
+        answer=answer,
+        tokens_in=n_tokens,
+        tokens_kept=int(result.counts[0]),
+        seconds=seconds,
+        picture=written,
+    )
+
+
+# -- one run of a sweep ------------------------------------------------------------------
+def _reference_answers(
+    cfg: DictConfig, model: Any, processor: Any, data: Any, cache_dir: Path | None
+) -> list[str]:
+    """The unpruned model's answers (cached per model, data and decoding settings)."""
+    key_config = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "bench": {k: cfg.bench[k] for k in ("batch_size", "max_new_tokens", "closed_answers")},
+        "seed": cfg.seed,
+        "device": cfg.device,
+    }
+    digest = hashlib.sha1(json.dumps(key_config, sort_keys=True).encode()).hexdigest()[:16]
+    path = None if cache_dir is None else Path(cache_dir) / f"unpruned-{digest}.json"
+    if path is not None and path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("config") == key_config:
+            return cached["answers"]
+    seed_everything(cfg.seed)
+    generation = generate_answers(
+        model,
+        processor,
+        data.samples,
+        prompt=cfg.model.prompt,
+        max_new_tokens=cfg.bench.max_new_tokens,
+        batch_size=cfg.bench.batch_size,
+        answers=data.answers if cfg.bench.closed_answers else None,
+        progress=cfg.bench.progress,
+        desc="unpruned reference",
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"config": key_config, "answers": generation.answers})
+    return generation.answers
+
+
+def run_dataset(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    cache_dir: Path | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``cfg`` on its data set and write the run folder; ``result.json`` is written last.
+
+    The folder gets ``config.yaml`` (the fully resolved config),
+    ``predictions.jsonl`` (one line per sample) and ``result.json`` (config,
+    seed, versions, git commit, device, metrics, timings).
+    """
+    import prunekit
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.now(timezone.utc)
+    config = resolved_config(cfg)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+
+    seed_everything(cfg.seed)
+    pruner = build_pruner(cfg)
+    data = load_data(cfg)
+    model, processor = build_model(cfg)
+    reference = (
+        _reference_answers(cfg, model, processor, data, cache_dir) if cfg.bench.loyalty else None
+    )
+    options = attach_options(cfg, processor)
+    seed_everything(cfg.seed)
+    generation = generate_answers(
+        model,
+        processor,
+        data.samples,
+        prompt=cfg.model.prompt,
+        max_new_tokens=cfg.bench.max_new_tokens,
+        batch_size=cfg.bench.batch_size,
+        answers=data.answers if cfg.bench.closed_answers else None,
+        context=lambda: prunekit.attach(model, pruner, budget=cfg.budget, **options),
+        progress=cfg.bench.progress,
+        desc=name or run_dir.name,
+    )
+    metrics, rows = score(data.samples, generation, reference)
+    with (run_dir / "predictions.jsonl").open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    finished = datetime.now(timezone.utc)
+    result = {
+        "name": name or run_dir.name,
+        "overrides": list(overrides or []),
+        "seed": cfg.seed,
+        "config": config,
+        "pruner": repr(pruner),
+        "data": {"name": data.name, "n_samples": len(data), "answers": data.answers},
+        "metrics": metrics,
+        "environment": environment(resolve_device(cfg.device)),
+        "started": started.isoformat(),
+        "finished": finished.isoformat(),
+        "seconds": (finished - started).total_seconds(),
+    }
+    write_json(run_dir / "result.json", result)
+    return result

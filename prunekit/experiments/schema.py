@@ -1,0 +1,239 @@
+"""Structured-config schemas: the keys and types every composed config is checked against.
+
+Hydra composes the YAML files of :mod:`prunekit.conf` on top of these
+dataclasses (registered in Hydra's ``ConfigStore``), so an unknown key or a
+value of the wrong type fails at composition, before any work starts.
+
+The schemas of the components (groups ``pruner``, ``relevance``, ``selection``)
+are generated from the registry: one dataclass per registered component, its
+fields the keyword parameters of the component's factory with their defaults
+and annotated types. A plugin's pruner is therefore selectable as
+``pruner=<name>`` with checked parameters without shipping any YAML. A YAML
+file of the same group (e.g. ``pruner/resprune.yaml``) extends the generated
+schema ``schema/<group>/<name>`` and takes precedence.
+
+Parameters that a config cannot express (a tensor, a callable) are left out of
+the schema: the factory's own default is used. Literal choices are typed
+``str``; the factory checks them when :func:`prunekit.experiments.build_pruner`
+builds the pruner, which ``prunekit run`` / ``ablate`` do before loading a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal, Optional, Union
+
+from omegaconf import MISSING
+
+#: the config groups whose options are registered components
+COMPONENT_GROUPS = ("pruner", "relevance", "selection")
+#: every config group of the primary config, in defaults-list order
+GROUPS = ("pruner", "relevance", "selection", "model", "data", "bench")
+#: parameters of the composed pruner that come from the relevance / selection groups
+COMPOSED_FROM_GROUPS = ("relevance", "selection")
+
+_PRIMITIVES = (bool, int, float, str)
+
+
+# -- fixed schemas -------------------------------------------------------------------------
+@dataclass
+class AdapterConf:
+    """Options passed to :func:`prunekit.attach` (only those that differ from the defaults).
+
+    ``tokenizer``: hand the processor's tokenizer to the adapter (text-conditioned
+    pruners read the prompt's nouns with it).
+    """
+
+    tokenizer: bool = True
+    positions: str = "contiguous"
+    llm_layer: Optional[int] = None  # noqa: UP045 - OmegaConf reads typing.Optional
+    before_projector: bool = False
+
+
+@dataclass
+class BenchConf:
+    """How a data set is evaluated (see :mod:`prunekit.experiments.bench`)."""
+
+    batch_size: int = 8
+    max_new_tokens: int = 4
+    #: decode only the data set's answers (closed-vocabulary VQA); off: free generation
+    closed_answers: bool = True
+    #: also run the unpruned model and report agreement with its answers
+    loyalty: bool = True
+    #: show a tqdm progress bar over the samples
+    progress: bool = True
+
+
+@dataclass
+class TinyLoaderConf:
+    _target_: str = "prunekit.models.tiny.load"
+    seed: int = 0
+    image_size: int = 64
+    patch_size: int = 8
+    hidden_size: int = 32
+    num_layers: int = 2
+    initializer_range: float = 0.1
+
+
+@dataclass
+class MiniLlavaLoaderConf:
+    _target_: str = "prunekit.models.minillava.load"
+    image_size: int = 224
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class ModelConf:
+    """A model option: ``loader`` is instantiated (Hydra ``_target_``) into ``(model, processor)``.
+
+    ``prompt`` is the model's prompt format, ``{question}`` replaced by the
+    question; ``null``: the processor's own ``chat_prompt(question)``.
+    """
+
+    name: str = MISSING
+    loader: Any = MISSING
+    prompt: Optional[str] = "<image>\n{question}"  # noqa: UP045
+
+
+@dataclass
+class MiniLlavaModelConf(ModelConf):
+    loader: MiniLlavaLoaderConf = field(default_factory=MiniLlavaLoaderConf)
+    prompt: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class TinyModelConf(ModelConf):
+    loader: TinyLoaderConf = field(default_factory=TinyLoaderConf)
+
+
+@dataclass
+class TinyDataConf:
+    """A handful of generated shape pictures with shape / colour questions."""
+
+    _target_: str = "prunekit.experiments.datasets.tiny"
+    name: str = "tiny"
+    n_samples: int = 8
+    image_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class EasyVQAConf:
+    """A fixed, seeded subset of the easy-VQA test split (PyPI ``easy-vqa``)."""
+
+    _target_: str = "prunekit.experiments.datasets.easyvqa"
+    name: str = "easyvqa"
+    split: str = "test"
+    n_samples: int = 200
+    seed: int = 0
+
+
+@dataclass
+class PrunekitConf:
+    """The primary config (``prunekit/conf/config.yaml`` extends it)."""
+
+    pruner: Any = MISSING
+    #: used by ``pruner=composed`` only; ``None`` for other pruners
+    relevance: Any = None
+    selection: Any = None
+    model: Any = MISSING
+    data: Any = MISSING
+    bench: BenchConf = field(default_factory=BenchConf)
+    adapter: AdapterConf = field(default_factory=AdapterConf)
+    #: tokens kept per image (int) or fraction kept (float in (0, 1])
+    budget: Any = 0.222
+    seed: int = 0
+    #: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available)
+    device: str = "cpu"
+
+
+# -- component schemas generated from the registry ----------------------------------------
+def _type_hints(factory: Any) -> dict[str, Any]:
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable forward references: fall back to the defaults' types
+        return {}
+
+
+def config_type(hint: Any, default: Any = None) -> Any:
+    """The OmegaConf field type for an annotation (``Any`` where OmegaConf has none)."""
+    if hint is None:
+        return type(default) if type(default) in _PRIMITIVES else Any
+    if hint in _PRIMITIVES:
+        return hint
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        kinds = {type(a) for a in args}
+        return kinds.pop() if len(kinds) == 1 and next(iter(kinds)) in _PRIMITIVES else Any
+    if origin in (Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            inner = config_type(rest[0])
+            if inner is Any:
+                return Any
+            return Optional[inner] if len(rest) < len(args) else inner  # noqa: UP045
+        return Any
+    if origin in (list, tuple, Sequence, typing.Sequence) and args:
+        inner = config_type(args[0])
+        return list[inner] if inner in _PRIMITIVES else Any
+    return Any
+
+
+def _representable(value: Any) -> bool:
+    return value is None or type(value) in _PRIMITIVES
+
+
+def component_schema(kind: str, spec: Any) -> type:
+    """A dataclass for one registered component: ``name`` plus its configurable parameters."""
+    hints = _type_hints(spec.factory)
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=spec.name))]
+    for pname, default in spec.parameters().items():
+        if pname == "name" or (
+            kind == "pruner" and spec.name == "composed" and pname in COMPOSED_FROM_GROUPS
+        ):
+            continue
+        if default is inspect.Parameter.empty:
+            fields.append((pname, config_type(hints.get(pname)), field(default=MISSING)))
+            continue
+        if not _representable(default):
+            continue  # a tensor, a tuple, a callable: the factory's default applies
+        ftype = config_type(hints.get(pname), default)
+        if default is None and ftype is not Any and typing.get_origin(ftype) is not Union:
+            ftype = Optional[ftype]  # noqa: UP045
+        fields.append((pname, ftype, field(default=default)))
+    title = "".join(part.capitalize() for part in f"{spec.name}_{kind}".split("_"))
+    return dataclasses.make_dataclass(f"{title}Conf", fields)
+
+
+def _has_yaml(group: str, name: str) -> bool:
+    return (resources.files("prunekit.conf") / group / f"{name}.yaml").is_file()
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent; plugins included)."""
+    from hydra.core.config_store import ConfigStore
+
+    from prunekit.registry import get_registry
+
+    store = ConfigStore.instance()
+    store.store(name="prunekit_schema", node=PrunekitConf)
+    store.store(group="schema/model", name="tiny", node=TinyModelConf)
+    store.store(group="schema/model", name="minillava", node=MiniLlavaModelConf)
+    store.store(group="schema/model", name="base", node=ModelConf)
+    store.store(group="schema/data", name="tiny", node=TinyDataConf)
+    store.store(group="schema/data", name="easyvqa", node=EasyVQAConf)
+    registry = get_registry()
+    for kind in COMPONENT_GROUPS:
+        for spec in registry.specs(kind):
+            schema = component_schema(kind, spec)
+            store.store(group=f"schema/{kind}", name=spec.name, node=schema)
+            if not _has_yaml(kind, spec.name):
+                store.store(group=kind, name=spec.name, node=schema)

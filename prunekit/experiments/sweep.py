@@ -1,0 +1,181 @@
+"""``prunekit ablate``: a Hydra multirun over config values, resumable, with a summary.
+
+The sweep is Hydra's own (basic sweeper, grid over every comma list,
+``range()``, ``choice()`` or ``glob()``), and so is the launcher: the default
+runs the jobs one after the other in this process; ``hydra/launcher=...`` sends
+the same sweep elsewhere (``submitit_slurm``, ``ray``, ``joblib``: see
+``docs/ablation.md``), with no change to prunekit.
+
+Before anything runs, every run's config is composed and checked
+(:func:`prunekit.experiments.config.compose_sweep`). Each run writes its own
+folder, ``<sweep dir>/<overrides>`` (``hydra.job.override_dirname``: the run's
+overrides sorted by key, e.g. ``budget=0.111,relevance=none,selection=topk``),
+so a rerun of the same command finds it: a folder whose ``result.json`` holds
+the same resolved config is skipped. An interrupted sweep resumes where it
+stopped. The summary (:mod:`prunekit.experiments.summary`) covers exactly the
+runs of the command.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from prunekit.experiments.config import (
+    CONFIG_MODULE,
+    CONFIG_NAME,
+    VERSION_BASE,
+    compose_sweep,
+    finalize,
+    override_key,
+    search_path_override,
+    setup,
+    task_overrides,
+)
+from prunekit.experiments.runner import finished_result, resolved_config, run_dataset
+
+
+def run_job(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra's task function: one run of a sweep (skipped when its folder holds the same finished run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    cfg = finalize(cfg, overrides)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    name = run_dir.name
+    done = finished_result(run_dir, resolved_config(cfg))
+    if done is not None:
+        print(f"[skip] {name}: finished earlier ({run_dir / 'result.json'})", flush=True)
+        return done
+    print(f"[run]  {name}", flush=True)
+    result = run_dataset(
+        cfg,
+        run_dir,
+        overrides=overrides,
+        cache_dir=Path(hydra_cfg.sweep.dir) / ".cache",
+        name=name,
+    )
+    m = result["metrics"]
+    loyalty = f", loyalty {m['loyalty']:.3f}" if "loyalty" in m else ""
+    print(
+        f"[done] {name}: accuracy {m['accuracy']:.3f} (n={m['n']}){loyalty}, "
+        f"{result['seconds']:.1f} s",
+        flush=True,
+    )
+    return result
+
+
+def launch(overrides: Sequence[str], *, command: str | None = None) -> None:
+    """Run Hydra's multirun for ``overrides`` (Hydra's own command line, through ``hydra.main``)."""
+    import hydra
+
+    setup()
+    main = hydra.main(
+        version_base=VERSION_BASE, config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME
+    )(run_job)
+    saved, saved_command = sys.argv, os.environ.get("PRUNEKIT_COMMAND")
+    # the command each run's result.json records (the environment reaches cluster jobs too)
+    os.environ["PRUNEKIT_COMMAND"] = command or shlex.join(["prunekit", "ablate", *overrides])
+    sys.argv = ["prunekit-ablate", "--multirun", *overrides]
+    try:
+        main()
+    finally:
+        sys.argv = saved
+        if saved_command is None:
+            os.environ.pop("PRUNEKIT_COMMAND", None)
+        else:
+            os.environ["PRUNEKIT_COMMAND"] = saved_command
+
+
+def quote(value: str) -> str:
+    """``value`` as a quoted Hydra override value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass
+class Ablation:
+    """The runs of one ``prunekit ablate`` command and what became of them."""
+
+    sweep_dir: Path
+    runs: list[tuple[list[str], Path]]
+    finished_before: list[Path] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    summary: Any = None
+
+    @property
+    def missing(self) -> list[Path]:
+        names = {r["name"] for r in self.results}
+        return [d for _, d in self.runs if d.name not in names]
+
+
+def plan(
+    overrides: Sequence[str], *, out: str | None = None, config_dirs: Sequence[str] = ()
+) -> Ablation:
+    """Compose and check every run of the sweep; find the runs finished earlier. Runs nothing."""
+    overrides = list(overrides)
+    if out is not None and not any(override_key(o) == "hydra.sweep.dir" for o in overrides):
+        overrides.append(f"hydra.sweep.dir={quote(str(out))}")
+    runs = compose_sweep(overrides, config_dirs=config_dirs)
+    first = runs[0][1]
+    ablation = Ablation(sweep_dir=Path(first.hydra.sweep.dir), runs=[])
+    for run, cfg in runs:
+        run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
+        ablation.runs.append((task_overrides(run), run_dir))
+        if finished_result(run_dir, resolved_config(cfg)) is not None:
+            ablation.finished_before.append(run_dir)
+    return ablation
+
+
+def ablate(
+    overrides: Sequence[str],
+    *,
+    out: str | None = None,
+    config_dirs: Sequence[str] = (),
+    dry_run: bool = False,
+    echo: Any = print,
+) -> Ablation:
+    """Plan, launch the multirun (unless ``dry_run``), then summarise the runs of this command."""
+    from prunekit.experiments.summary import read_results, write_summary
+
+    ablation = plan(overrides, out=out, config_dirs=config_dirs)
+    n, done = len(ablation.runs), len(ablation.finished_before)
+    echo(
+        f"ablation: {n} run{'s' * (n != 1)} in {ablation.sweep_dir} "
+        f"({done} finished earlier and skipped, {n - done} to run)"
+    )
+    if dry_run:
+        for run, run_dir in ablation.runs:
+            state = "finished" if run_dir in ablation.finished_before else "to run"
+            echo(f"  {run_dir.name}  [{state}]  {' '.join(run)}")
+        return ablation
+    started = datetime.now(timezone.utc)
+    argv = list(overrides)
+    if out is not None and not any(override_key(o) == "hydra.sweep.dir" for o in argv):
+        argv.append(f"hydra.sweep.dir={quote(str(out))}")
+    launch(
+        [*argv, *search_path_override(config_dirs)],
+        command=shlex.join(["prunekit", "ablate", *overrides]),
+    )
+    ablation.results = read_results([d for _, d in ablation.runs])
+    if ablation.results:
+        ablation.summary = write_summary(ablation.results, ablation.sweep_dir)
+        echo("")
+        echo(ablation.summary.markdown.rstrip())
+        echo("")
+        for kind, path in ablation.summary.paths.items():
+            echo(f"{kind}: {path}")
+    fresh = sum(1 for r in ablation.results if datetime.fromisoformat(r["finished"]) >= started)
+    echo(
+        f"{len(ablation.results)} / {n} runs finished ({fresh} now, "
+        f"{len(ablation.results) - fresh} earlier)"
+    )
+    return ablation
