@@ -323,10 +323,12 @@ class PreLLMAdapter(Adapter):
             return None, None
         from prunekit.text.embed import embed_prompt_nouns
 
+        # keep special tokens: the noun extractor strips chat-template markers itself and
+        # uses them to keep only the user's turns
         prompts = []
         for row, mask, image in zip(input_ids, attention_mask.bool(), is_image):
             prompts.append(
-                self.tokenizer.decode(row[mask & ~image].tolist(), skip_special_tokens=True)
+                self.tokenizer.decode(row[mask & ~image].tolist(), skip_special_tokens=False)
             )
         embeds, text_mask = embed_prompt_nouns(
             prompts, self.tokenizer, self.input_embeddings(), extractor=self.noun_extractor
