@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 
-def _budget(text: str) -> int | float:
+def budget_argument(text: str) -> int | float:
     """Parse a budget: an int (tokens kept) or a float in (0, 1] (fraction kept)."""
     from prunekit.core.budget import check_budget
 
@@ -192,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="prune a real photo's DINOv2-S patch tokens offline and write a picture"
     )
     demo.add_argument("--pruner", default="resprune", help="registered pruner name")
-    demo.add_argument("--budget", type=_budget, default=0.25, help="int tokens or fraction (0, 1]")
+    demo.add_argument(
+        "--budget", type=budget_argument, default=0.25, help="int tokens or fraction (0, 1]"
+    )
     demo.add_argument("--image", default="astronaut", help="scikit-image sample name")
     demo.add_argument(
         "--out", default="prunekit_demo.png", help="PNG path of the kept-patch picture"

@@ -27,29 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunekit.cli import budget_argument
+
 IMAGE_SIZE = 224
 PATCH = 14
 #: shown when --pruners is not given (those registered): need nothing but the tokens
 DEFAULT_PRUNERS = ("resprune", "divprune", "cdpruner", "random")
 #: pruning points the output tokens of a vision encoder stand for
 POINTS = frozenset({"pre_projector", "pre_llm"})
-
-
-def _budget(text: str) -> int | float:
-    """An int (tokens kept) or a float in (0, 1] (fraction kept)."""
-    from prunekit.core.budget import check_budget
-
-    try:
-        value: int | float = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"budget must be a number, got {text!r}") from None
-    try:
-        return check_budget(value)
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:
@@ -75,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: those of {','.join(DEFAULT_PRUNERS)} that are registered)",
     )
     parser.add_argument(
-        "--budget", type=_budget, default=0.25, help="int tokens or fraction (0, 1] (default 0.25)"
+        "--budget",
+        type=budget_argument,
+        default=0.25,
+        help="int tokens or fraction (0, 1] (default 0.25)",
     )
     parser.add_argument(
         "--image",
