@@ -49,11 +49,16 @@ def kept_counts(valid_counts: torch.Tensor, budget: Budget) -> torch.Tensor:
     return torch.minimum(kept.clamp_min(1), valid_counts)
 
 
-def _sorted_indices(candidates: torch.Tensor, keep: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """Sort ``candidates`` (B, K) ascending, with slots where ``keep`` is False moved to the end as PAD."""
+def _sorted_indices(
+    candidates: torch.Tensor, keep: torch.Tensor, n_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort ``candidates`` (B, K) ascending, slots where ``keep`` is False moved to the end as PAD.
+
+    Returns the sorted indices and the permutation that sorted them.
+    """
     sentinel = torch.full_like(candidates, n_tokens)
-    ordered = torch.sort(torch.where(keep, candidates, sentinel), dim=1).values
-    return ordered.masked_fill(ordered == n_tokens, PAD_INDEX)
+    ordered, permutation = torch.sort(torch.where(keep, candidates, sentinel), dim=1)
+    return ordered.masked_fill(ordered == n_tokens, PAD_INDEX), permutation
 
 
 class TokenPruner(abc.ABC):
@@ -141,9 +146,7 @@ class TokenPruner(abc.ABC):
                 f"{type(self).__name__}.select returned repeated, out-of-range or padded "
                 "token indices; a pruner must pick distinct valid tokens"
             )
-        sentinel = torch.full_like(order, n_tokens)
-        ordered, permutation = torch.sort(torch.where(live, order, sentinel), dim=1)
-        indices = ordered.masked_fill(ordered == n_tokens, PAD_INDEX)
+        indices, permutation = _sorted_indices(order, live, n_tokens)
         values = None
         if picks.values is not None:
             expected = (inputs.batch_size, num_keep, inputs.tokens.shape[-1])
@@ -178,7 +181,7 @@ class TokenPruner(abc.ABC):
         positions = torch.arange(n_tokens, device=inputs.tokens.device).expand(
             inputs.batch_size, -1
         )
-        indices = _sorted_indices(positions, inputs.token_mask, n_tokens)
+        indices, _ = _sorted_indices(positions, inputs.token_mask, n_tokens)
         indices = indices[:, : int(valid_counts.max())]
         return PruneResult(
             indices=indices,
