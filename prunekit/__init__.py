@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prunekit import accounting
+from prunekit.accounting import Savings
 from prunekit.adapters import AttachHandle, attach
 from prunekit.core import PAD_INDEX, Budget, PruneInputs, PruneResult, TokenPruner, num_kept
 from prunekit.core.pruner import Picks
@@ -80,9 +82,11 @@ __all__ = [
     "Registry",
     "RelevanceStrategy",
     "ResPrune",
+    "Savings",
     "SelectionStrategy",
     "TokenPruner",
     "__version__",
+    "accounting",
     "create_noun_extractor",
     "create_pruner",
     "create_relevance",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from prunekit import accounting
+from prunekit.adapters.base import IN_LLM, PRE_LLM, PRE_PROJECTOR
 from prunekit.core.budget import Budget, check_budget
 from prunekit.core.pruner import TokenPruner
 from prunekit.core.result import PruneResult
@@ -21,12 +23,16 @@ class AttachHandle:
     Attributes:
         results: one :class:`PruneResult` per pruning call, in call order (for a
             VLM: one per forward pass that carried images, covering its images).
+        pruning_point: where the adapter prunes (``"pre_llm"``, ``"in_llm"``, ...).
+        llm_layer: for ``"in_llm"``: the decoder layer ``K`` pruned after.
     """
 
     model: torch.nn.Module
     pruner: TokenPruner
     budget: Budget
     results: list[PruneResult] = field(default_factory=list)
+    pruning_point: str | None = None
+    llm_layer: int | None = None
 
     @property
     def required_signals(self) -> frozenset[str]:
@@ -54,6 +60,69 @@ class AttachHandle:
         )
         self.results.append(result)
         return result
+
+    def savings(
+        self,
+        text_tokens: int | Sequence[int] = 0,
+        *,
+        logits: accounting.Logits = "last",
+        dtype: torch.dtype | None = None,
+    ) -> accounting.Savings:
+        """What the recorded pruning saved on the language model's prefill.
+
+        Each row of each recorded result (an image; with ``llm_layer``, a prompt
+        and all its images) counts as one prompt of its ``valid_counts`` visual
+        tokens pruned to ``counts``, plus ``text_tokens`` other tokens; the costs
+        are computed by :func:`prunekit.accounting.savings` from the model's text
+        config and summed. The handle does not see the prompts, so their other
+        tokens (text, special tokens, tokens the pruner never sees such as
+        LLaVA-NeXT's row-newline tokens) are passed here: one count for every row,
+        or one per row in the order recorded. ``dtype`` is the KV cache's, by
+        default the model's parameter dtype. Only VLM pruning points (before or
+        inside the language model) have a language-model prefill to account for::
+
+            with prunekit.attach(model, "resprune", budget=128) as handle:
+                model.generate(**inputs, max_new_tokens=32)
+            n_text = int(inputs["attention_mask"].sum()) - 576
+            print(handle.savings(text_tokens=n_text).summary())
+        """
+        if self.pruning_point not in (PRE_LLM, PRE_PROJECTOR, IN_LLM):
+            raise ValueError(
+                f"savings() accounts a VLM's language-model prefill; this handle prunes at "
+                f"{self.pruning_point!r}"
+            )
+        rows = [
+            (int(valid), int(kept))
+            for result in self.results
+            for valid, kept in zip(result.valid_counts.tolist(), result.counts.tolist())
+        ]
+        if not rows:
+            raise ValueError("savings() needs a pruning call first (no result recorded yet)")
+        if isinstance(text_tokens, int):
+            texts = [text_tokens] * len(rows)
+        else:
+            texts = list(text_tokens)
+            if len(texts) != len(rows):
+                raise ValueError(
+                    f"text_tokens must be one int or one per recorded row ({len(rows)}), "
+                    f"got {len(texts)} values"
+                )
+        if dtype is None:
+            dtype = next(self.model.parameters()).dtype
+        config = self.model.config
+        total = None
+        for (valid, kept), text in zip(rows, texts):
+            row = accounting.savings(
+                config,
+                valid,
+                kept,
+                text,
+                pruned_after_layer=self.llm_layer or 0,
+                logits=logits,
+                dtype=dtype,
+            )
+            total = row if total is None else total + row
+        return total
 
 
 def _resolve_pruner(pruner: TokenPruner | str) -> TokenPruner:
@@ -131,7 +200,14 @@ def attach(
             f"but the {instance.family!r} adapter prunes at {point!r} with these options "
             "(see the adapter's options: before_projector=True, llm_layer=K, layer=L)"
         )
-    handle = AttachHandle(model=model, pruner=pruner, budget=budget)
+    llm_pruning = getattr(instance, "llm_pruning", None)
+    handle = AttachHandle(
+        model=model,
+        pruner=pruner,
+        budget=budget,
+        pruning_point=point,
+        llm_layer=None if llm_pruning is None else llm_pruning.layer,
+    )
     undos = instance.install(handle)
     try:
         yield handle
