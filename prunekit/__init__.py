@@ -21,6 +21,7 @@ from prunekit.pruners import ComposedPruner, ResPrune
 from prunekit.registry import Registry, get_registry, hookimpl
 from prunekit.strategies import RelevanceStrategy, SelectionStrategy
 
+#: prunekit's version
 __version__ = "0.1.0"
 
 

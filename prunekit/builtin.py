@@ -22,6 +22,7 @@ from prunekit.text.nouns import HeuristicNounExtractor, SpacyNounExtractor
 
 @hookimpl
 def prunekit_register(registry) -> None:
+    """Register prunekit's pruners, strategies, noun extractors and adapters."""
     registry.add_pruner("resprune", ResPrune)
     registry.add_pruner("composed", ComposedPruner)
     registry.add_relevance("none", NoRelevance)

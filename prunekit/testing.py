@@ -638,13 +638,16 @@ class PrunerContractTests(_PrunerUnderTest):
 
     @_parametrize("budget", KEPT_BUDGETS)
     def test_kept_count_and_well_formed(self, pruner_case: PrunerCase, budget: Budget) -> None:
+        """Each sample keeps ``num_kept`` tokens; the result is well formed (:func:`check_well_formed`)."""
         _check_kept_count(pruner_case, budget)
 
     @_parametrize("budget", FULL_BUDGETS)
     def test_identity_when_budget_covers_all(self, pruner_case: PrunerCase, budget: Budget) -> None:
+        """A budget covering every token keeps every token."""
         _check_identity(pruner_case, budget)
 
     def test_deterministic(self, pruner_case: PrunerCase) -> None:
+        """The same inputs give the same selection twice."""
         _check_deterministic(pruner_case)
 
     def test_batch_invariance(self, pruner_case: PrunerCase) -> None:
@@ -663,9 +666,11 @@ class PrunerContractTests(_PrunerUnderTest):
         _check_ragged(pruner_case, budget)
 
     def test_text_mask_rows_are_ignored(self, pruner_case: PrunerCase) -> None:
+        """Text rows masked out by ``text_mask`` change nothing, whatever their values."""
         _check_text_mask(pruner_case)
 
     def test_missing_signal_raises(self, pruner_case: PrunerCase) -> None:
+        """Leaving out a signal named in ``required_signals`` raises ``ValueError``."""
         _check_missing_signals(pruner_case)
 
 
@@ -676,6 +681,7 @@ class PrunerPropertyTests(_PrunerUnderTest):
     (``max_examples``) asks, per pruner."""
 
     def test_prune_properties(self, pruner_case: PrunerCase) -> None:
+        """The contract holds on random shapes, budgets, ranks, duplicates and masks."""
         if st is None:  # pragma: no cover
             pytest.skip("the property test needs hypothesis")
         # settings built now, not at import, so that the profile a conftest loads applies

@@ -29,7 +29,9 @@ import torch
 
 from prunekit.cli import budget_argument
 
+#: side of the encoded image in pixels (DINOv2-S: 16 x 16 patches)
 IMAGE_SIZE = 224
+#: DINOv2's patch size in pixels
 PATCH = 14
 #: shown when --pruners is not given (those registered): need nothing but the tokens
 DEFAULT_PRUNERS = ("resprune", "divprune", "cdpruner", "random")
@@ -48,6 +50,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``prunekit viz`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="prunekit viz",
         description="Pictures of what several pruners keep on the same image, side by side "
@@ -169,6 +172,7 @@ def encode(
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``prunekit viz`` with parsed ``args``: encode, prune with each pruner, write the panel."""
     from prunekit.models.dinov2 import load_dinov2_small
     from prunekit.viz import side_by_side
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+#: the signals :func:`attention_signals` computes from a vision attention layer
 ATTENTION_SIGNALS = frozenset({"cls_attention", "received_attention", "vision_keys"})
 
 

@@ -19,13 +19,14 @@ import torch
 if TYPE_CHECKING:
     from prunekit.adapters.attach import AttachHandle
 
+#: a callable that reverts one change ``install`` made to the model instance
 Undo = Callable[[], None]
 
 #: Pruning points an adapter may support.
 PRE_LLM = "pre_llm"  # after the multimodal projector, before the language model (ResPrune)
-IN_ENCODER = "in_encoder"  # inside the vision encoder, after layer L
-IN_LLM = "in_llm"  # inside the language model, after decoder layer K
-PRE_PROJECTOR = "pre_projector"  # vision-tower features, before the multimodal projector
+IN_ENCODER = "in_encoder"  #: inside the vision encoder, after layer L
+IN_LLM = "in_llm"  #: inside the language model, after decoder layer K
+PRE_PROJECTOR = "pre_projector"  #: vision-tower features, before the multimodal projector
 
 
 class Adapter(abc.ABC):

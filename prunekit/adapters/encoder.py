@@ -99,9 +99,9 @@ class EncoderAdapter(Adapter):
     A family implements :meth:`matches`, :meth:`blocks` and
     :attr:`num_prefix_tokens`; families with a joint image-text space also
     implement :meth:`joint_projection` (and :meth:`encode_texts` when the model
-    has its own text tower).
+    has its own text tower). The options are keyword arguments of ``prunekit.attach``.
 
-    Options (keyword arguments of ``prunekit.attach``):
+    Options:
         layer: prune after this many blocks (see the module docstring), required.
         text_embeds: ``(M, D_joint)`` or ``(B, M, D_joint)`` text embeddings in
             the model's joint space, for text-conditioned pruners.

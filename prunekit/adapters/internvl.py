@@ -10,6 +10,7 @@ from prunekit.adapters.llava import pooled_features
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 from prunekit.core.errors import check_choice
 
+#: what an InternVL budget counts: a whole image (all its tiles) or each tile
 BudgetScope = Literal["image", "tile"]
 
 

@@ -72,6 +72,7 @@ LAYER_INPUT_SIGNALS = frozenset({"last_query_attention", "llm_image_keys", "llm_
 NORM_SIGNALS = frozenset({"llm_image_hidden", "llm_text_hidden"})
 #: signals computed from the prompt alone
 PROMPT_SIGNALS = frozenset({"llm_image_positions", "llm_text_positions", "llm_text_mask"})
+#: every signal the in-LLM pruning point can provide
 LLM_SIGNALS = LAYER_INPUT_SIGNALS | NORM_SIGNALS | PROMPT_SIGNALS
 
 
@@ -129,6 +130,7 @@ class DecoderLayerPruning:
             self.state = None
 
     def install(self, handle: AttachHandle) -> list[Undo]:
+        """Register the pre-hooks on the decoder layers; return their removers."""
         hooks = [
             module.register_forward_pre_hook(self._make_hook(handle, index), with_kwargs=True)
             for index, module in enumerate(self.layers)

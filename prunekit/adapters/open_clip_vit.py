@@ -52,6 +52,7 @@ class OpenClipViTAdapter(EncoderAdapter):
         )
 
     def visual(self) -> torch.nn.Module:
+        """The ``VisionTransformer`` tower (the model itself, or ``model.visual``)."""
         vit = _vision_transformer_class()
         return self.model if isinstance(self.model, vit) else self.model.visual
 

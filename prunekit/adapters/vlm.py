@@ -33,6 +33,7 @@ from prunekit.core.errors import check_choice
 if TYPE_CHECKING:
     from prunekit.adapters.attach import AttachHandle
 
+#: position ids of the kept tokens: renumbered (``"contiguous"``) or the original ones
 Positions = Literal["contiguous", "original"]
 
 
@@ -151,9 +152,11 @@ class PreLLMAdapter(Adapter):
         """Projected features of the images in ``vision_inputs`` (no pruning)."""
 
     def input_embeddings(self) -> torch.nn.Module:
+        """The language model's input-embedding table (text embeddings for relevance and splicing)."""
         return self.model.get_input_embeddings()
 
     def pad_token_id(self) -> int:
+        """The id used to pad the shortened prompts (the text config's, else the model's, else 0)."""
         for config in (getattr(self.model.config, "text_config", None), self.model.config):
             value = getattr(config, "pad_token_id", None)
             if value is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 
+#: a budget: ``int`` tokens kept per sample, or ``float`` fraction kept in (0, 1]
 Budget = int | float
 
 

@@ -45,10 +45,12 @@ class PruneInputs:
 
     @property
     def batch_size(self) -> int:
+        """``B``, the number of samples."""
         return self.tokens.shape[0]
 
     @property
     def num_tokens(self) -> int:
+        """``N``, the number of token slots per sample (padding included)."""
         return self.tokens.shape[1]
 
     @property

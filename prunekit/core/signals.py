@@ -94,6 +94,7 @@ def _llm_text_positions_example(
     return (n + 64 + torch.arange(_EXAMPLE_TEXT_ROWS)).expand(batch, -1).clone()
 
 
+#: every known signal by name (fill it with :func:`register_signal`)
 SIGNALS: dict[str, SignalSpec] = {}
 
 

@@ -50,7 +50,9 @@ ANSWERS: tuple[str, ...] = (
     "blue",
     "no",
 )
+#: the shapes of easy-VQA
 SHAPES: tuple[str, ...] = ("circle", "rectangle", "triangle")
+#: the colours of easy-VQA
 COLORS: tuple[str, ...] = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 
 _INSTALL_HINT = "pip install easy-vqa"

@@ -74,11 +74,14 @@ __all__ = [
     "scene_seeds",
 ]
 
+#: side of a scene in pixels
 IMAGE_SIZE = 224
+#: the fewest and most objects in a scene
 MIN_OBJECTS, MAX_OBJECTS = 3, 8
 #: no shape appears more than this many times in a scene (count answers are 0..4)
 MAX_PER_SHAPE = 4
 
+#: the object shapes
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
 #: saturated object colours (RGB); backgrounds are pale and unsaturated, so they never clash
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -91,6 +94,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 #: side length range (pixels, inclusive) of each size class; the two never overlap
 SIZES: dict[str, tuple[int, int]] = {"small": (24, 32), "large": (46, 58)}
+#: background textures, drawn in pale colours
 BACKGROUNDS: tuple[str, ...] = ("noise", "stripes", "checker", "dots", "waves")
 _BACKGROUND_WORDS = {
     "noise": "mottled",
@@ -100,8 +104,11 @@ _BACKGROUND_WORDS = {
     "waves": "wavy",
 }
 
+#: question kinds
 KINDS: tuple[str, ...] = ("color", "shape", "exists", "count")
+#: answers of count questions ("0" to ``MAX_PER_SHAPE``)
 COUNT_ANSWERS: tuple[str, ...] = tuple(str(i) for i in range(MAX_PER_SHAPE + 1))
+#: answers of existence questions
 YES_NO: tuple[str, ...] = ("yes", "no")
 #: every answer a shapes question can have (one word each)
 ANSWERS: tuple[str, ...] = (*COLORS, *SHAPES, *YES_NO, *COUNT_ANSWERS)

@@ -63,6 +63,7 @@ class AnswerTrie:
             node[None] = {}  # end of an answer
 
     def allowed(self, prefix: Sequence[int]) -> list[int]:
+        """Tokens that may follow ``prefix``: the next token of an answer it starts, or EOS."""
         node = self.root
         for token in prefix:
             if token not in node:
@@ -88,6 +89,7 @@ class ClosedAnswers:
 
 
 def answer_trie(processor: Any, answers: Sequence[str], eos_token_id: int) -> AnswerTrie:
+    """The :class:`AnswerTrie` of ``answers`` tokenized by the processor's tokenizer."""
     tokenizer = getattr(processor, "tokenizer", processor)
     sequences = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
     return AnswerTrie(sequences, eos_token_id)

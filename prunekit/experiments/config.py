@@ -27,8 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 from prunekit.core.errors import did_you_mean
 from prunekit.experiments.schema import COMPOSED_FROM_GROUPS, GROUPS, register_configs
 
+#: the package holding the config groups
 CONFIG_MODULE = "prunekit.conf"
+#: the primary config (``prunekit/conf/config.yaml``)
 CONFIG_NAME = "config"
+#: the Hydra ``version_base`` prunekit composes with
 VERSION_BASE = "1.3"
 
 
@@ -68,6 +71,7 @@ def override_key(override: str) -> str:
 
 
 def task_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` without those of Hydra's own config (``hydra.*``, ``hydra/...``)."""
     return [o for o in overrides if not override_key(o).startswith("hydra")]
 
 
@@ -202,6 +206,7 @@ def finalize(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 
 def resolve_device(device: str) -> Any:
+    """The ``torch.device`` of a ``device`` config value (``auto``: CUDA when available, else CPU)."""
     import torch
 
     if device == "auto":

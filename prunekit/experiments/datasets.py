@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 #: easy-VQA's shapes and colours (RGB), also used by the generated tiny set
 SHAPES = ("circle", "rectangle", "triangle")
+#: colour names to RGB values
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),

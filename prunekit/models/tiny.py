@@ -28,8 +28,11 @@ import torch
 import transformers
 from PIL import Image
 
+#: the special tokens (``IMAGE`` is the image placeholder, expanded to one token per patch)
 PAD, BOS, EOS, IMAGE, UNK = "<pad>", "<s>", "</s>", "<image>", "<unk>"
+#: the special tokens in id order
 SPECIALS = (PAD, BOS, EOS, IMAGE, UNK)
+#: the special tokens' ids (0 to 4)
 PAD_ID, BOS_ID, EOS_ID, IMAGE_ID, UNK_ID = range(len(SPECIALS))
 _EASYVQA_WORDS = (
     "a black blue brown circle color contain does gray green image in is no not of "
@@ -41,8 +44,11 @@ _PROMPT_WORDS = (
 )
 #: words with an id of their own (everything else is hashed into the remaining ids)
 WORDS = tuple(sorted(set(_EASYVQA_WORDS.split()) | set(_PROMPT_WORDS.split())))
+#: vocabulary size: the special tokens, :data:`WORDS`, then hashed buckets
 VOCAB_SIZE = 512
+#: CLIP's channel means (pixels are normalised as CLIP's processor does)
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+#: CLIP's channel standard deviations
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 _WORD = re.compile(r"<image>|<s>|</s>|<pad>|\w+|[^\w\s]")
 
@@ -68,6 +74,7 @@ class WordTokenizer:
         return self.vocab_size
 
     def token_id(self, word: str) -> int:
+        """The id of one word: its own in the vocabulary, else a hashed bucket (stable across runs)."""
         word = word.lower()
         if word in self.vocab:
             return self.vocab[word]
@@ -77,6 +84,7 @@ class WordTokenizer:
         return index
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Word ids of ``text`` (``<s>`` first with ``add_special_tokens``)."""
         ids = [self.token_id(w) for w in _WORD.findall(text)]
         return [BOS_ID, *ids] if add_special_tokens else ids
 
@@ -86,6 +94,7 @@ class WordTokenizer:
         return {"input_ids": self.encode(text, add_special_tokens=add_special_tokens)}
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        """The words of ``ids``, space-separated."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         words = []
@@ -96,6 +105,7 @@ class WordTokenizer:
         return " ".join(words)
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> list[str]:
+        """:meth:`decode` of each row of ``sequences``."""
         return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in sequences]
 
 
@@ -108,6 +118,7 @@ class TinyProcessor:
         self.n_image_tokens = n_image_tokens
 
     def pixels(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """``(3, image_size, image_size)`` CLIP-normalised pixels of one image."""
         if not isinstance(image, Image.Image):
             image = Image.fromarray(np.asarray(image).astype(np.uint8))
         image = image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC)
@@ -150,6 +161,7 @@ class TinyProcessor:
         return out
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = True) -> list[str]:
+        """The tokenizer's :meth:`WordTokenizer.batch_decode`."""
         return self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens)
 
 

@@ -24,8 +24,11 @@ import pluggy
 if TYPE_CHECKING:
     from prunekit.registry.registry import Registry
 
+#: the pluggy project name of prunekit's hooks
 PROJECT = "prunekit"
+#: marks hook specifications (prunekit's own, below)
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: marks a plugin's hook implementations: ``@hookimpl def prunekit_register(registry): ...``
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 

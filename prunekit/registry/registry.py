@@ -25,8 +25,11 @@ import pluggy
 from prunekit.core.errors import did_you_mean
 from prunekit.registry import hookspecs
 
+#: the entry-point group plugin distributions announce their module in
 ENTRY_POINT_GROUP = "prunekit"
+#: the module of prunekit's own components, registered before any plugin
 BUILTIN_MODULE = "prunekit.builtin"
+#: the kinds of components the registry holds
 KINDS = ("pruner", "relevance", "selection", "noun_extractor", "adapter")
 
 
@@ -45,6 +48,7 @@ class ComponentSpec:
 
     @property
     def description(self) -> str:
+        """The first paragraph of the factory's docstring, on one line."""
         doc = inspect.getdoc(self.factory) or ""
         return doc.split("\n\n")[0].replace("\n", " ")
 
@@ -222,6 +226,7 @@ class Registry:
             ) from None
 
     def specs(self, kind: str, pattern: str = "*") -> list[ComponentSpec]:
+        """The :class:`ComponentSpec` of every name of ``kind`` matching ``pattern``, sorted by name."""
         return [self._specs[kind][n] for n in self.names(kind, pattern)]
 
     def create(self, kind: str, name: str, **kwargs: Any) -> Any:
@@ -233,6 +238,7 @@ class Registry:
         return name in self._specs.get(kind, {})
 
     def kinds(self) -> Iterable[str]:
+        """The component kinds (:data:`KINDS`)."""
         return KINDS
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+#: a noun extractor: a prompt in, its nouns (or content words) out
 Extractor = Callable[[str], list[str]]
 
 
