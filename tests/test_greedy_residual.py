@@ -8,7 +8,7 @@ import torch
 from reference import resprune_reference
 
 import prunekit
-from prunekit.strategies.selection.greedy_residual import greedy_residual_order
+from prunekit.strategies.selection.greedy_residual import gram_method, greedy_residual_order
 
 
 def order_of(tokens, k, weights=None, **kwargs):
@@ -130,3 +130,47 @@ def test_gram_and_row_paths_agree(seed):
 def test_bad_method_names_the_argument():
     with pytest.raises(ValueError, match="method.*Did you mean 'gram'"):
         prunekit.create_selection("greedy_residual", method="gramm")
+
+
+def test_gram_method_follows_the_memory_bound():
+    tokens = torch.zeros(2, 100, 8)  # Gram matrices: 2 x 100 x 100 float32 = 80,000 bytes
+    assert gram_method(tokens) == "gram"
+    assert gram_method(tokens, max_gram_bytes=80_000) == "gram"
+    assert gram_method(tokens, max_gram_bytes=79_999) == "rows"
+    assert gram_method(tokens.double(), max_gram_bytes=80_000) == "rows"
+    assert gram_method(tokens, "rows") == "rows"
+    assert gram_method(tokens, "gram", max_gram_bytes=0) == "gram"
+    with pytest.raises(ValueError, match="method"):
+        gram_method(tokens, "dense")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rows_path_equals_gram_path_at_mid_size(seed):
+    """N = 1500 forced through the rows path by the memory bound (auto), ragged samples and
+    text-like weights with zeros: the same tokens as the Gram path, step for step."""
+    g = torch.Generator().manual_seed(seed)
+    n = 1500
+    tokens = torch.randn(2, n, 96, generator=g) * torch.rand(2, n, 1, generator=g)
+    weights = torch.rand(2, n, generator=g).pow(2)
+    weights[:, :50] = 0.0
+    valid = torch.arange(n).unsqueeze(0) < torch.tensor([[n], [1203]])
+    bound = 2 * n * n * 4 - 1  # one byte short of the float32 Gram matrices
+    assert gram_method(tokens, max_gram_bytes=bound) == "rows"
+    rows = greedy_residual_order(tokens, weights, 320, valid, max_gram_bytes=bound)
+    gram = greedy_residual_order(tokens, weights, 320, valid, method="gram")
+    assert torch.equal(rows[0], gram[0])
+    assert torch.equal(rows[1], gram[1])  # sample 1 keeps 320 of its 1203 valid tokens
+
+
+def test_resprune_switches_to_rows_and_selects_the_same():
+    g = torch.Generator().manual_seed(7)
+    tokens = torch.randn(3, 700, 64, generator=g)
+    text = torch.randn(3, 4, 64, generator=g)
+    mask = torch.arange(700).unsqueeze(0) < torch.tensor([[700], [650], [333]])
+    default = prunekit.create_pruner("resprune")
+    small = prunekit.create_pruner("resprune", max_gram_bytes=2**20)  # < 3 x 700^2 x 4 bytes
+    assert gram_method(tokens, max_gram_bytes=2**20) == "rows"
+    a = default.prune(tokens, budget=0.2, text_embeds=text, token_mask=mask)
+    b = small.prune(tokens, budget=0.2, text_embeds=text, token_mask=mask)
+    assert torch.equal(a.indices, b.indices)
+    assert torch.equal(a.counts, b.counts)

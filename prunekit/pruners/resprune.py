@@ -14,7 +14,11 @@ import torch
 
 from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.text import Aggregation, TextRelevance
-from prunekit.strategies.selection.greedy_residual import GramMethod, GreedyResidualSelection
+from prunekit.strategies.selection.greedy_residual import (
+    DEFAULT_MAX_GRAM_BYTES,
+    GramMethod,
+    GreedyResidualSelection,
+)
 
 
 class ResPrune(ComposedPruner):
@@ -41,7 +45,7 @@ class ResPrune(ComposedPruner):
         eps: float = 1e-6,
         rank_tol: float | None = None,
         method: GramMethod = "auto",
-        max_gram_bytes: int = 256 * 2**20,
+        max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
     ) -> None:
         super().__init__(
             relevance=TextRelevance(aggregation=aggregation, alpha=alpha, center=center, eps=eps),

@@ -26,6 +26,7 @@ from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.base import RelevanceStrategy
 from prunekit.strategies.selection.base import SelectionStrategy
 from prunekit.strategies.selection.greedy_residual import (
+    DEFAULT_MAX_GRAM_BYTES,
     GRAM_METHODS,
     GramMethod,
     greedy_residual_order,
@@ -41,7 +42,7 @@ def dpp_greedy_order(
     rank_tol: float | None = None,
     tie_rtol: float = 1e-5,
     method: GramMethod = "auto",
-    max_gram_bytes: int = 256 * 2**20,
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
 ) -> torch.Tensor:
     """Greedy MAP of the DPP with kernel ``L = diag(q) S diag(q)``, ``S_ij = cos(x_i, x_j)``.
 
@@ -113,7 +114,7 @@ class DPPSelection(SelectionStrategy):
     rank_tol: float | None = None
     tie_rtol: float = 1e-5
     method: GramMethod = "auto"
-    max_gram_bytes: int = 256 * 2**20
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
 
     name = "dpp"
 
@@ -285,7 +286,7 @@ class CDPruner(ComposedPruner):
         rank_tol: float | None = None,
         tie_rtol: float = 1e-5,
         method: GramMethod = "auto",
-        max_gram_bytes: int = 256 * 2**20,
+        max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
     ) -> None:
         super().__init__(
             relevance=CDPrunerRelevance(negate=negate, theta=theta),

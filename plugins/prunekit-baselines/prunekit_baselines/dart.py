@@ -33,11 +33,6 @@ def key_l1_norms(keys: torch.Tensor) -> torch.Tensor:
     return keys.abs().flatten(-2).sum(dim=-1)
 
 
-def top_rows(values: torch.Tensor, k: int) -> list[int]:
-    """The ``k`` largest of a 1-D tensor, largest first; ties towards the lowest index."""
-    return torch.sort(values, descending=True, stable=True).indices[:k].tolist()
-
-
 def set_iteration_order(positions: list[int]) -> list[int]:
     """The order in which DART's official code visits its pivots.
 
@@ -61,6 +56,52 @@ def claim_counts(remaining: int, pivots: int) -> list[int]:
     """
     share, extra = divmod(remaining, pivots)
     return [share + (1 if j < extra else 0) for j in range(pivots)]
+
+
+def _claim_table(remaining: torch.Tensor, pivots: torch.Tensor, slots: int) -> torch.Tensor:
+    """:func:`claim_counts` batched: ``(B, slots)`` for ``(B, 1)`` remaining and pivot counts
+    (0 past a sample's pivots)."""
+    j = torch.arange(slots, device=remaining.device)
+    share = remaining // pivots + (j < remaining % pivots)
+    return torch.where(j < pivots, share, 0)
+
+
+def _top_slots(norms: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """``(B, k)`` indices of the ``k`` largest ``norms`` per row among ``valid`` ones,
+    largest first, ties towards the lowest index (invalid ones last)."""
+    ranked = norms.masked_fill(~valid, -torch.inf)
+    return torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` over its norm (at least 1e-8) along the last dimension, as
+    ``F.cosine_similarity`` normalises each side before their product."""
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8)
+
+
+def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(B, L, ...)`` at ``index`` ``(B, k)`` along dim 1: ``(B, k, ...)``."""
+    shape = index.shape + values.shape[2:]
+    index = index.view(*index.shape, *([1] * (values.dim() - 2))).expand(shape)
+    return values.gather(1, index)
+
+
+def _set_visit_order(positions: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``(B, P)`` pivot slots in the official visiting order (:func:`set_iteration_order` of
+    the active pivots' positions), then the inactive slots.
+
+    CPython's ``set`` order is only defined by CPython itself, so this runs on the host:
+    one read of the ``(B, P)`` pivot positions per call and a pass over at most ``P``
+    integers per sample; the claims themselves stay batched on the device.
+    """
+    slots_total = positions.shape[1]
+    rows = []
+    for values in torch.cat([positions, active.long()], dim=1).tolist():  # one device read
+        row, flags = values[:slots_total], values[slots_total:]
+        slots = [j for j, on in enumerate(flags) if on]
+        order = [slots[i] for i in set_iteration_order([row[j] for j in slots])]
+        rows.append(order + [j for j, on in enumerate(flags) if not on])
+    return torch.tensor(rows, dtype=torch.int64, device=positions.device)
 
 
 class DART(TokenPruner):
@@ -127,7 +168,9 @@ class DART(TokenPruner):
       (the official code iterates a ``set`` there too, which only matters for ties);
     * batches: the official code handles one prompt with one image at a fixed
       offset; prunekit handles each sample on its own (padding excluded), all
-      image tokens of a sample together under one per-sample budget.
+      image tokens of a sample together under one per-sample budget, batched over the
+      samples (with ``"set"``, CPython's set order of the pivots' positions is computed on
+      the host: one read of the pivot positions per call).
     """
 
     name = "dart"
@@ -165,51 +208,63 @@ class DART(TokenPruner):
         return self.pivot_image_tokens + pivots * (max_num_trunction // pivots)
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
+        signals = inputs.signals
+        valid = inputs.token_mask
+        batch, n = valid.shape
         counts = inputs.keep_counts
         if counts is None:
             counts = inputs.valid_counts.clamp(max=num_keep)
-        order = torch.zeros(inputs.batch_size, num_keep, dtype=torch.int64)
-        for b, count in enumerate(counts.tolist()):
-            picks = self._select_sample(inputs, b, count)
-            order[b, :count] = torch.tensor(picks, dtype=torch.int64)
-        return Picks(order=order.to(inputs.tokens.device))
+        counts = counts.unsqueeze(1)  # (B, 1)
 
-    def _select_sample(self, inputs: PruneInputs, b: int, count: int) -> list[int]:
-        """The ``count`` image tokens sample ``b`` keeps (indices into its N tokens)."""
-        signals = inputs.signals
-        columns = inputs.token_mask[b].nonzero()[:, 0]  # the sample's valid tokens, ascending
-        image_keys = key_l1_norms(signals[IMAGE_KEYS][b, columns])
-        image_hidden = signals[IMAGE_HIDDEN][b, columns]
-        image_pivots = top_rows(image_keys, min(self.pivot_image_tokens, count))
-        # pivots as (hidden state, absolute position or None), image pivots first
-        hidden = [image_hidden[i] for i in image_pivots]
-        positions: list[int] = []
+        # image pivots: the largest key norms; a sample keeping c < p_img keeps only the top c
+        p_img = min(self.pivot_image_tokens, n)
+        image_pivots = _top_slots(key_l1_norms(signals[IMAGE_KEYS]), valid, p_img)
+        image_active = torch.arange(p_img, device=valid.device) < counts  # c <= valid tokens
+        image_hidden = signals[IMAGE_HIDDEN]
+        pivot_hidden = [_gather_rows(image_hidden, image_pivots)]  # (B, p, D) per kind
+        active = [image_active]
+        positions = []
         if self.pivot_order == "set":
-            positions = signals[IMAGE_POSITIONS][b, columns[image_pivots]].tolist()
+            positions.append(signals[IMAGE_POSITIONS].gather(1, image_pivots))
         if self.pivot_text_tokens:
-            rows = signals[TEXT_MASK][b].nonzero()[:, 0]
-            text_pivots = top_rows(
-                key_l1_norms(signals[TEXT_KEYS][b, rows]), min(self.pivot_text_tokens, len(rows))
+            text_mask = signals[TEXT_MASK]
+            p_txt = min(self.pivot_text_tokens, text_mask.shape[1])
+            text_pivots = _top_slots(key_l1_norms(signals[TEXT_KEYS]), text_mask, p_txt)
+            pivot_hidden.append(_gather_rows(signals[TEXT_HIDDEN], text_pivots))
+            active.append(
+                torch.arange(p_txt, device=valid.device) < text_mask.sum(dim=1, keepdim=True)
             )
-            hidden += [signals[TEXT_HIDDEN][b, rows[t]] for t in text_pivots]
             if self.pivot_order == "set":
-                positions += signals[TEXT_POSITIONS][b, rows[text_pivots]].tolist()
-        visit = set_iteration_order(positions) if self.pivot_order == "set" else range(len(hidden))
+                positions.append(signals[TEXT_POSITIONS].gather(1, text_pivots))
+        pivot_hidden = torch.cat(pivot_hidden, dim=1)  # (B, P, D): image pivots, then text
+        active = torch.cat(active, dim=1)  # (B, P)
+        slots = active.shape[1]
+        if self.pivot_order == "set":
+            visit = _set_visit_order(torch.cat(positions, dim=1), active)
+        else:  # active slots first, in slot order
+            visit = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices
+        shares = _claim_table(
+            counts - image_active.sum(dim=1, keepdim=True), active.sum(dim=1, keepdim=True), slots
+        )
 
-        kept = list(image_pivots)
-        free = torch.ones(len(columns), dtype=torch.bool, device=columns.device)
-        free[image_pivots] = False
-        for pivot, share in zip(visit, claim_counts(count - len(image_pivots), len(hidden))):
-            if share == 0:
-                continue
-            similarity = torch.nn.functional.cosine_similarity(
-                hidden[pivot].unsqueeze(0), image_hidden, dim=-1
-            )
-            similarity = similarity.masked_fill(~free, float("inf"))
-            claimed = torch.sort(similarity, stable=True).indices[:share]
-            free[claimed] = False
-            kept += claimed.tolist()
-        return columns[kept].tolist()
+        picked = torch.zeros_like(valid).scatter_(1, image_pivots, image_active)
+        free = valid & ~picked
+        rank = torch.arange(n, device=valid.device)
+        # F.cosine_similarity's own arithmetic (unit rows, then a product summed), with the
+        # image tokens normalised once rather than once per pivot
+        unit_hidden, unit_pivots = _unit_rows(image_hidden), _unit_rows(pivot_hidden)
+        # one claim per pivot, batched over the samples; P <= pivot_image + pivot_text steps
+        for j in range(slots):
+            pivot = _gather_rows(unit_pivots, visit[:, j : j + 1])  # (B, 1, D)
+            similarity = (pivot * unit_hidden).sum(dim=-1)  # (B, N) cosines
+            ranked = torch.sort(similarity.masked_fill(~free, torch.inf), dim=1, stable=True)
+            # the j-th visited pivot claims its share of the least similar free tokens
+            claim = rank < shares[:, j : j + 1]
+            claimed = torch.zeros_like(free).scatter_(1, ranked.indices, claim)
+            free &= ~claimed
+            picked |= claimed
+        order = torch.sort((~picked).to(torch.uint8), dim=1, stable=True).indices[:, :num_keep]
+        return Picks(order=order)
 
     def __repr__(self) -> str:
         return (

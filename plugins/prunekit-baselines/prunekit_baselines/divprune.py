@@ -50,7 +50,7 @@ def nearest_distances(dist: torch.Tensor) -> torch.Tensor:
 def _first_near_max(key: torch.Tensor, tol: torch.Tensor | float) -> torch.Tensor:
     """Per row, the lowest index whose key is within ``tol`` (a float or ``(B, 1)``) of the row's maximum."""
     best = key.amax(dim=1, keepdim=True)
-    return (key >= best - tol).to(torch.uint8).argmax(dim=1)
+    return (key >= best - tol).max(dim=1).indices  # the first True of each row
 
 
 def _maxmin(
@@ -65,11 +65,13 @@ def _maxmin(
     dist = cosine_distances(tokens, valid)
     nearest = nearest_distances(dist)
     weights = weights.to(tokens.dtype).clamp_min(0.0)
-    order = torch.empty(batch, num_keep, dtype=torch.int64, device=device)
     available = valid.clone()
-    batch_index = torch.arange(batch, device=device)
-    neg_inf = torch.tensor(-math.inf, dtype=tokens.dtype, device=device)
+    dist_rows = dist.view(batch * n, n)
+    row_offset = torch.arange(batch, device=device) * n  # flat row of each sample's token 0
+    neg_inf = torch.full((), -math.inf, dtype=tokens.dtype, device=device)
     reach = nearest  # step 0: distance to the nearest other token; then: to the picked set
+    picks = []
+    # K steps known on the host, every decision on the device: no host-device sync
     for step in range(num_keep):
         score = torch.where(available, weights * reach, neg_inf)
         w_max = torch.where(available, weights, 0.0).amax(dim=1, keepdim=True)
@@ -78,11 +80,11 @@ def _maxmin(
         # nothing positive left (all remaining duplicate a pick, or weigh 0): most distant first
         fill = _first_near_max(torch.where(available, reach, neg_inf), tie_atol)
         pick = torch.where(score.amax(dim=1) > tol.squeeze(1), pick, fill)
-        order[:, step] = pick
-        available[batch_index, pick] = False
-        row = dist[batch_index, pick]  # (B, N) distances to the new pick
+        picks.append(pick)
+        available.scatter_(1, pick.unsqueeze(1), False)
+        row = dist_rows.index_select(0, pick + row_offset)  # (B, N) distances to the new pick
         reach = row if step == 0 else torch.minimum(reach, row)
-    return order, nearest
+    return torch.stack(picks, dim=1), nearest
 
 
 def maxmin_order(

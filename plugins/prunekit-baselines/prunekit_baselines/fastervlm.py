@@ -8,9 +8,6 @@ VisPruner share.
   the same head-mean [CLS] attention as relevance weights, so it composes with
   any selection, e.g. ``create_pruner("composed", relevance="cls_attention",
   selection="greedy_residual")``.
-* :func:`valid_groups`: the samples of a batch grouped by (valid tokens, kept
-  count), with the positions of their valid tokens, for methods whose batched
-  computation needs equal-size samples.
 * :func:`unit_rows` / :func:`cosine`: cosine similarities whose exact ties
   (duplicate tokens) stay exact whatever the batch layout.
 """
@@ -18,7 +15,6 @@ VisPruner share.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -163,40 +159,6 @@ class FasterVLM(ComposedPruner):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def valid_groups(
-    inputs: PruneInputs,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """The samples of a batch grouped by (number of valid tokens, number kept).
-
-    Yields ``(rows, positions, count)``: ``rows`` ``(G,)`` the sample indices of
-    one group, ``positions`` ``(G, n)`` the ascending positions of their ``n``
-    valid tokens and ``count`` the tokens each of them keeps
-    (``inputs.keep_counts``). A batched computation on the gathered
-    ``(G, n, ...)`` tensors then equals the computation on each sample alone.
-    """
-    if inputs.keep_counts is None:
-        raise ValueError("keep_counts is set by TokenPruner.prune; call select through prune")
-    mask = inputs.token_mask
-    valid = mask.sum(dim=1)
-    # valid positions first, ascending (a stable sort of the "padded" flag)
-    order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
-    keys = torch.stack([valid, inputs.keep_counts.to(valid.device)], dim=1)
-    for n, count in torch.unique(keys, dim=0).tolist():
-        rows = ((valid == n) & (inputs.keep_counts.to(valid.device) == count)).nonzero()[:, 0]
-        yield rows, order[rows, :n], int(count)
-
-
-def gather_tokens(values: torch.Tensor, positions: torch.Tensor, axis: int = 1) -> torch.Tensor:
-    """``values`` (G, ..., N, ...) restricted to ``positions`` (G, n) along the token ``axis``."""
-    axis = axis % values.dim()
-    shape = [positions.shape[0]] + [1] * (values.dim() - 1)
-    shape[axis] = positions.shape[1]
-    index = positions.reshape(shape).expand(
-        *[positions.shape[1] if d == axis else s for d, s in enumerate(values.shape)]
-    )
-    return values.gather(axis, index)
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:

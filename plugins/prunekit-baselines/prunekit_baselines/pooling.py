@@ -75,30 +75,56 @@ def pooling_layout(h: int, w: int, k: int) -> tuple[tuple[int, ...], tuple[tuple
 
 
 @functools.lru_cache(maxsize=64)
-def _separable_plan(h: int, w: int, k: int) -> tuple[torch.Tensor, ...]:
-    """The window means of :func:`pooling_layout` as two 1-D poolings (windows are rectangles).
+def _gather_plan(h: int, w: int, k: int) -> tuple[torch.Tensor, ...]:
+    """The window means of :func:`pooling_layout` as two weighted gathers (windows are rectangles).
 
-    ``row_mean`` ``(r, h)``: averages the grid rows of each band; ``(cell_index,
-    cell_weight)`` ``(k, Lc)``: the entries ``band * w + column`` of the ``(r * w)``
-    band means averaged into each cell (indices padded with 0, weights 0 there).
+    ``band_index``, ``band_weight`` ``(r * w, Lr)``: the grid tokens ``y * w + x`` of
+    the rows of band ``i``'s window, averaged into the band mean ``i * w + x``;
+    ``cell_index``, ``cell_weight`` ``(k, Lc)``: the band means averaged into each
+    cell; ``centers`` ``(k,)``. Indices are padded with 0, weights with 0.
     """
     r = band_count(h, w, k)
-    row_mean = torch.zeros(r, h, dtype=torch.float64)
+    rows = [_window(i, r, h) for i in range(r)]
+    band_index = torch.zeros(r * w, max(b - a for a, b in rows), dtype=torch.int64)
+    band_weight = torch.zeros(band_index.shape, dtype=torch.float64)
+    columns = torch.arange(w)
+    for i, (row0, row1) in enumerate(rows):
+        for j, y in enumerate(range(row0, row1)):
+            band_index[i * w : (i + 1) * w, j] = y * w + columns
+        band_weight[i * w : (i + 1) * w, : row1 - row0] = 1.0 / (row1 - row0)
     cells = []
     for i in range(r):
-        row0, row1 = _window(i, r, h)
-        row_mean[i, row0:row1] = 1.0 / (row1 - row0)
         count = (i + 1) * k // r - i * k // r
         for j in range(count):
             col0, col1 = _window(j, count, w)
-            cells.append([i * w + x for x in range(col0, col1)])
-    width = max(len(c) for c in cells)
-    cell_index = torch.zeros(k, width, dtype=torch.int64)
-    cell_weight = torch.zeros(k, width, dtype=torch.float64)
+            cells.append(range(i * w + col0, i * w + col1))
+    cell_index = torch.zeros(k, max(len(c) for c in cells), dtype=torch.int64)
+    cell_weight = torch.zeros(cell_index.shape, dtype=torch.float64)
     for row, members in enumerate(cells):
         cell_index[row, : len(members)] = torch.tensor(members)
         cell_weight[row, : len(members)] = 1.0 / len(members)
-    return row_mean, cell_index, cell_weight
+    centers = torch.tensor(pooling_layout(h, w, k)[0], dtype=torch.int64)
+    return centers, band_index, band_weight, cell_index, cell_weight
+
+
+def _pad_stack(tables: list[torch.Tensor]) -> torch.Tensor:
+    """Stack tensors of equal rank, zero-padded to their largest size along every dimension."""
+    shape = [max(t.shape[i] for t in tables) for i in range(tables[0].dim())]
+    out = tables[0].new_zeros(len(tables), *shape)
+    for g, table in enumerate(tables):
+        out[(g, *(slice(0, size) for size in table.shape))] = table
+    return out
+
+
+def _weighted_rows(rows: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``(B, R, d)``: ``out[b, i] = sum_j weight[b, i, j] * rows[b, index[b, i, j]]``, batched.
+
+    ``rows`` ``(B, M, d)``; ``index``, ``weight`` ``(B, R, L)``.
+    """
+    batch, m, dim = rows.shape
+    flat = (index + torch.arange(batch, device=index.device).view(-1, 1, 1) * m).flatten()
+    gathered = rows.reshape(batch * m, dim).index_select(0, flat).view(*index.shape, dim)
+    return torch.matmul(weight.unsqueeze(-2), gathered).squeeze(-2)
 
 
 @dataclass
@@ -170,41 +196,33 @@ class PoolingPruner(TokenPruner):
         return h, w
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
-        batch, n, dim = inputs.tokens.shape
+        batch, _, dim = inputs.tokens.shape
         device, dtype = inputs.tokens.device, inputs.tokens.dtype
-        valid_counts = inputs.valid_counts
         counts = inputs.keep_counts
         if counts is None:
-            counts = valid_counts.clamp(max=num_keep)
+            counts = inputs.valid_counts.clamp(max=num_keep)
+        # The layout is integer arithmetic on a sample's (valid tokens, kept) pair: one host
+        # read of the counts per call, one (cached) table per distinct pair, gathered per
+        # sample; every tensor operation is batched over the samples.
+        pairs = torch.stack([inputs.valid_counts, counts], dim=1).cpu()
+        layouts, group = torch.unique(pairs, dim=0, return_inverse=True)
+        plans = [_gather_plan(*self._grid_of(n_valid), k) for n_valid, k in layouts.tolist()]
+        centers, band_index, band_weight, cell_index, cell_weight = (
+            _pad_stack([plan[i] for plan in plans])[group].to(device) for i in range(5)
+        )
+        # positions of each sample's valid tokens, ascending (its grid in row-major order), first
+        padded = (~inputs.token_mask).to(torch.uint8)
+        positions = torch.sort(padded, dim=1, stable=True).indices
         order = torch.zeros(batch, num_keep, dtype=torch.int64, device=device)
-        values = None
-        if self.mode == "avg":
-            values = torch.zeros(batch, num_keep, dim, dtype=dtype, device=device)
-        # samples sharing (valid tokens, kept) share a layout: one gather + matmul per group
-        groups: dict[tuple[int, int], list[int]] = {}
-        for b, (n_valid, k) in enumerate(zip(valid_counts.tolist(), counts.tolist())):
-            groups.setdefault((n_valid, k), []).append(b)
-        positions = torch.sort(
-            torch.where(inputs.token_mask, torch.arange(n, device=device), n), dim=1
-        ).values
-        for (n_valid, k), members in groups.items():
-            rows = torch.tensor(members, device=device)
-            pos = positions[rows, :n_valid]  # (G, n_valid) positions of the valid tokens
-            h, w = self._grid_of(n_valid)
-            centers, _ = pooling_layout(h, w, k)
-            center_idx = torch.tensor(centers, device=device).expand(len(members), -1)
-            order[rows, :k] = pos.gather(1, center_idx)
-            if values is not None:
-                row_mean, cell_index, cell_weight = (t.to(device) for t in _separable_plan(h, w, k))
-                grid = inputs.tokens if len(members) == batch else inputs.tokens[rows]
-                if not bool((pos == torch.arange(n_valid, device=device)).all()):
-                    grid = grid.gather(1, pos.unsqueeze(-1).expand(-1, -1, dim))
-                grid = grid[:, :n_valid].reshape(len(members), h, w * dim)
-                # (r, h) @ (h, w d): the mean of each band's rows, per column
-                bands = torch.matmul(row_mean.to(dtype), grid).view(len(members), -1, dim)
-                cell = bands.index_select(1, cell_index.flatten())
-                cell = cell.view(len(members), *cell_index.shape, dim)
-                values[rows, :k] = (cell * cell_weight.to(dtype)[..., None]).sum(dim=2)
+        order[:, : centers.shape[1]] = positions.gather(1, centers)
+        if self.mode == "stride":
+            return Picks(order=order)
+        # band means read the grid's tokens at their original positions
+        grid_index = positions.gather(1, band_index.flatten(1)).view_as(band_index)
+        bands = _weighted_rows(inputs.tokens, grid_index, band_weight.to(dtype))  # (B, r w, d)
+        cells = _weighted_rows(bands, cell_index, cell_weight.to(dtype))  # (B, k, d)
+        values = inputs.tokens.new_zeros(batch, num_keep, dim)
+        values[:, : cells.shape[1]] = cells
         return Picks(order=order, values=values)
 
 

@@ -21,13 +21,13 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def content_seeds(inputs: PruneInputs, seed: int) -> list[int]:
-    """One 32-bit seed per sample, a hash of ``seed`` and the bits of its valid tokens.
+def content_seeds(inputs: PruneInputs, seed: int) -> torch.Tensor:
+    """``(B,)`` int64: one 32-bit seed per sample, a hash of ``seed`` and the bits of its valid tokens.
 
     The hash is a sum over the valid entries of a mix of (value bits, position,
     feature), so it ignores padded rows and the batch, and is the same on every
     device. Values are hashed as float32, so a bf16 / fp16 input hashes like its
-    float32 upcast.
+    float32 upcast. Computed on the tokens' device, batched.
     """
     tokens = inputs.tokens.float().contiguous()
     _, n, d = tokens.shape
@@ -36,7 +36,7 @@ def content_seeds(inputs: PruneInputs, seed: int) -> list[int]:
     mixed = _mix32(bits ^ _mix32((where * 0x9E3779B1 + 0x7F4A7C15) & _MASK32))
     mixed = mixed.masked_fill(~inputs.token_mask.unsqueeze(-1), 0)
     sums = (mixed.sum(dim=(1, 2)) & _MASK32) ^ (int(seed) & _MASK32)
-    return [int(v) for v in _mix32(sums).tolist()]
+    return _mix32(sums)
 
 
 class RandomPruner(TokenPruner):
@@ -80,9 +80,7 @@ class RandomPruner(TokenPruner):
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         n, device = inputs.num_tokens, inputs.tokens.device
         if self.per_image:
-            noise = torch.stack(
-                [position_noise(s, n, device) for s in content_seeds(inputs, self.seed)]
-            )
+            noise = position_noise(content_seeds(inputs, self.seed), n)  # (B, N), one row per image
             order = rank_descending(noise, inputs.token_mask, num_keep)
         else:
             noise = position_noise(self.seed, n, device).expand(inputs.batch_size, -1)

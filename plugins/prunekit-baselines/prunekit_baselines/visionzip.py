@@ -13,13 +13,7 @@ import torch.nn.functional as F
 
 from prunekit.core.inputs import PruneInputs
 from prunekit.core.pruner import Picks, TokenPruner
-from prunekit_baselines.fastervlm import (
-    CLS_ATTENTION,
-    cosine,
-    gather_tokens,
-    unit_rows,
-    valid_groups,
-)
+from prunekit_baselines.fastervlm import CLS_ATTENTION, cosine, unit_rows
 
 VISION_KEYS = "vision_keys"
 
@@ -42,50 +36,82 @@ def contextual_count(
     return min(num_keep, math.floor(num_keep * ratio + 0.5 + 1e-9))
 
 
+def contextual_counts(
+    keep_counts: torch.Tensor, ratio: float = CONTEXTUAL_RATIO, fixed: int | None = None
+) -> torch.Tensor:
+    """:func:`contextual_count` of every entry of a ``(B,)`` int64 tensor, on its device."""
+    if fixed is not None:
+        return keep_counts.clamp(max=fixed)
+    ratioed = torch.floor(keep_counts.double() * ratio + 0.5 + 1e-9).long()
+    return torch.minimum(keep_counts, ratioed)
+
+
+def _rows_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(B, L, d)`` at ``index`` ``(B, k)``: ``(B, k, d)``."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
 def visionzip_merge(
     tokens: torch.Tensor,
     attention: torch.Tensor,
     keys: torch.Tensor,
+    valid: torch.Tensor,
+    keep_counts: torch.Tensor,
+    num_contextual: torch.Tensor,
     num_keep: int,
-    num_contextual: int,
+    max_contextual: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """VisionZip's dominant selection and contextual merging for equal-size samples.
+    """VisionZip's dominant selection and contextual merging, batched over ragged samples.
 
     Args:
         tokens: ``(B, N, d)`` features (the pre-projector hidden states).
         attention: ``(B, H, N)`` [CLS] attention per head.
         keys: ``(B, N, H, d_head)`` keys of the same attention layer.
-        num_keep: ``K <= N`` tokens kept.
-        num_contextual: ``C <= K`` of them contextual; ``K - C`` dominant.
+        valid: ``(B, N)`` bool, the real tokens.
+        keep_counts: ``(B,)`` tokens kept per sample, ``K_b <=`` its valid tokens.
+        num_contextual: ``(B,)`` ``C_b <= K_b`` of them contextual; ``K_b - C_b`` dominant.
+        num_keep: ``max K_b`` and ``max_contextual``: ``>= max C_b`` (shapes, known on the host).
 
     Returns:
-        ``(B, K)`` indices (dominant tokens in position order, then the
-        contextual targets in position order) and ``(B, K, d)`` their values
-        (dominant: unchanged; contextual: target plus the mean of the tokens
-        merged into it).
+        ``(B, num_keep)`` indices, each sample's ``K_b`` kept tokens in position order
+        first, and ``(B, num_keep, d)`` their values (dominant: unchanged; contextual:
+        target plus the mean of the tokens merged into it). No host synchronisation.
     """
-    batch, n, dim = tokens.shape
-    num_dominant = num_keep - num_contextual
-    ranking = torch.sort(attention.sum(dim=1), dim=1, descending=True, stable=True).indices
-    dominant = torch.sort(ranking[:, :num_dominant], dim=1).values
-    dominant_values = gather_tokens(tokens, dominant)
-    if num_contextual == 0:
-        return dominant, dominant_values
-    remaining = torch.sort(ranking[:, num_dominant:], dim=1).values  # (B, R), position order
-    size = n - num_dominant
-    metric = unit_rows(gather_tokens(keys.mean(dim=2), remaining))  # head-averaged keys
-    hidden = gather_tokens(tokens, remaining)
+    batch, n, _ = tokens.shape
+    position = torch.arange(n, device=tokens.device)
+    keep, contextual = keep_counts.unsqueeze(1), num_contextual.unsqueeze(1)  # (B, 1)
+    score = attention.sum(dim=1).masked_fill(~valid, -torch.inf)
+    ranking = torch.sort(score, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(ranking).scatter_(1, ranking, position.expand(batch, -1))
+    dominant = valid & (rank < keep - contextual)
+    # the remaining tokens in position order; every step-th of them (the first C) is a target
+    remaining = valid & ~dominant
+    slot = remaining.cumsum(dim=1) - 1
+    step = (remaining.sum(dim=1, keepdim=True) // contextual.clamp_min(1)).clamp_min(1)
+    target_slot = slot // step
+    is_target = remaining & (slot % step == 0) & (target_slot < contextual)
+    order = torch.sort((~(dominant | is_target)).to(torch.uint8), dim=1, stable=True).indices
+    order = order[:, :num_keep]
+    values = _rows_at(tokens, order)
+    if max_contextual == 0:
+        return order, values
 
-    step = max(1, size // num_contextual)
-    is_target = torch.zeros(size, dtype=torch.bool, device=tokens.device)
-    is_target[torch.arange(0, size, step, device=tokens.device)[:num_contextual]] = True
-    similarity = cosine(metric[:, ~is_target], metric[:, is_target])  # (B, R - C, C)
-    assign = F.one_hot(similarity.argmax(dim=-1), num_contextual).to(tokens.dtype)
+    # targets in position order (B, C); each other remaining token joins its most similar one
+    targets = torch.sort((~is_target).to(torch.uint8), dim=1, stable=True).indices
+    targets = targets[:, :max_contextual]
+    real_target = torch.arange(max_contextual, device=tokens.device) < contextual  # (B, C)
+    metric = unit_rows(keys.mean(dim=2))  # head-averaged keys, (B, N, d_head)
+    similarity = cosine(metric, _rows_at(metric, targets))  # (B, N, C)
+    similarity = similarity.masked_fill(~real_target.unsqueeze(1), -torch.inf)
+    member = (remaining & ~is_target).unsqueeze(-1)
+    assign = F.one_hot(similarity.argmax(dim=-1), max_contextual).to(tokens.dtype) * member
     members = assign.sum(dim=1).clamp_min(1).unsqueeze(-1)  # (B, C, 1)
-    merged = assign.transpose(1, 2) @ hidden[:, ~is_target] / members
-    contextual = hidden[:, is_target] + merged
-    order = torch.cat([dominant, remaining[:, is_target]], dim=1)
-    return order, torch.cat([dominant_values, contextual], dim=1)
+    sources = tokens.masked_fill(~member, 0.0)  # padded rows may hold anything, even NaN
+    merged = assign.transpose(1, 2) @ sources / members  # (B, C, d)
+    # a kept target's value: itself plus the mean of its members
+    at_target = is_target.gather(1, order).unsqueeze(-1)
+    which = target_slot.gather(1, order).clamp(0, max_contextual - 1)
+    return order, torch.where(at_target, values + _rows_at(merged, which), values)
 
 
 @dataclass
@@ -149,7 +175,8 @@ class VisionZip(TokenPruner):
       (:func:`~prunekit_baselines.fastervlm.cosine`), merging in float32 or wider
       (officially all in the model's dtype, float16); a key of norm 0 counts as
       orthogonal to every target (officially NaN).
-    * ragged batches: each sample runs on its own valid tokens with its own split.
+    * ragged batches: each sample runs on its own valid tokens with its own split,
+      batched (padding masked, no loop over the samples).
     """
 
     contextual_ratio: float = CONTEXTUAL_RATIO
@@ -188,21 +215,20 @@ class VisionZip(TokenPruner):
                 "VisionZip needs cls_attention (B, H, N) and vision_keys (B, N, H, d_head), got "
                 f"{tuple(attention.shape)} and {tuple(keys.shape)}"
             )
-        tokens = inputs.tokens
-        batch, _, dim = tokens.shape
-        order = torch.zeros(batch, num_keep, dtype=torch.int64, device=tokens.device)
-        values = tokens.new_zeros(batch, num_keep, dim)
-        for rows, positions, count in valid_groups(inputs):
-            _, contextual = self.split(count)
-            local, merged = visionzip_merge(
-                gather_tokens(tokens[rows], positions),
-                gather_tokens(attention[rows], positions, axis=-1),
-                gather_tokens(keys[rows], positions),
-                count,
-                contextual,
-            )
-            order[rows, :count] = positions.gather(1, local)
-            values[rows, :count] = merged
+        counts = inputs.keep_counts
+        if counts is None:
+            counts = inputs.valid_counts.clamp(max=num_keep)
+        contextual = contextual_counts(counts, self.contextual_ratio, self.contextual)
+        order, values = visionzip_merge(
+            inputs.tokens,
+            attention,
+            keys,
+            inputs.token_mask,
+            counts,
+            contextual,
+            num_keep,
+            self.split(num_keep)[1],  # the count is non-decreasing in the budget
+        )
         scores = attention.sum(dim=1).masked_fill(~inputs.token_mask, 0.0)
         return Picks(order=order, scores=scores, values=values)
 

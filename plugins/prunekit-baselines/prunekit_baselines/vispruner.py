@@ -11,19 +11,109 @@ import torch
 
 from prunekit.core.inputs import PruneInputs
 from prunekit.core.pruner import Picks, TokenPruner
-from prunekit_baselines.fastervlm import (
-    CLS_ATTENTION,
-    cosine,
-    gather_tokens,
-    head_mean,
-    unit_rows,
-    valid_groups,
-)
+from prunekit_baselines.fastervlm import CLS_ATTENTION, cosine, head_mean, unit_rows
 
 
 def _rank_descending(scores: torch.Tensor) -> torch.Tensor:
     """Indices sorting each row of ``scores`` descending; ties keep the lower index first."""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+
+
+def _rows_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(B, L, C)`` at ``index`` ``(B, k)``: ``(B, k, C)``."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+
+
+def _schedule(
+    valid_counts: torch.Tensor,
+    keep_counts: torch.Tensor,
+    important_ratio: float,
+    drop_per_round: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[int]]:
+    """The rounds of every sample, from its counts alone (host integer arithmetic).
+
+    Returns ``(B,)`` important counts, ``(B,)`` residual sizes before the first round
+    (0 without diverse tokens), the ``(B,)`` even tokens dropped in each round (0 once
+    a sample is done) and the widest residual before each round and after the last.
+    """
+    important = torch.floor(keep_counts.double() * important_ratio).long()
+    diverse = keep_counts - important
+    size = torch.where(diverse > 0, valid_counts - important, 0)  # no diverse token: no rounds
+    first, drops, widths = size, [], [int(size.max())]
+    while True:
+        drop = (size - diverse).clamp(0, drop_per_round)
+        if not bool(drop.any()):
+            return important, first, drops, widths
+        size = size - torch.minimum(drop, (size + 1) // 2)  # the even half holds ceil(R/2)
+        drops.append(drop)
+        widths.append(int(size.max()))
+
+
+def vispruner_order(
+    features: torch.Tensor,
+    attention: torch.Tensor,
+    valid: torch.Tensor,
+    keep_counts: torch.Tensor,
+    num_keep: int,
+    important_ratio: float = 0.5,
+    drop_per_round: int = 8,
+) -> torch.Tensor:
+    """VisPruner's selection, batched over samples with their own valid tokens and counts.
+
+    Args:
+        features: ``(B, N, C)`` visual tokens (the pre-projector patch features).
+        attention: ``(B, N)`` head-mean [CLS] attention.
+        valid: ``(B, N)`` bool, the real tokens.
+        keep_counts: ``(B,)`` ``K_b`` tokens kept per sample, at most its valid tokens.
+        num_keep: ``max K_b`` (the width of the result).
+        important_ratio: ``r``; ``int(K_b * r)`` important tokens.
+        drop_per_round: most even-position tokens dropped per round (8 officially).
+
+    Returns:
+        ``(B, num_keep)`` indices: sample ``b``'s important tokens in attention
+        order, then its diverse ones in their final residual order, then padding.
+
+    The number and sizes of the rounds follow from the counts alone: they are
+    computed on the host from one read of the counts, before the rounds; the
+    rounds themselves run on the device for every sample at once, without
+    host synchronisation (a sample that is done keeps its residual).
+    """
+    batch, n, _ = features.shape
+    device = features.device
+    counts = torch.stack([valid.sum(dim=1), keep_counts]).cpu()
+    schedule = _schedule(counts[0], counts[1], important_ratio, drop_per_round)
+    important, first, drops, widths = schedule
+    plan = torch.stack([important, first, *drops]).to(device).unsqueeze(-1)  # (2 + rounds, B, 1)
+    ranking = _rank_descending(attention.masked_fill(~valid, -torch.inf))  # valid tokens first
+    start = plan[0] + torch.arange(widths[0], device=device)
+    residual = ranking.gather(1, start.clamp(max=n - 1))  # (B, R) in attention order
+    normed = unit_rows(features)
+    size = plan[1]
+    for step, width in enumerate(widths[1:], start=2):
+        drop = plan[step]
+        tokens = _rows_at(normed, residual)  # (B, R, C) in residual order
+        even, odd = tokens[:, ::2], tokens[:, 1::2]  # ceil(R/2) and floor(R/2) tokens
+        real_odd = 2 * torch.arange(odd.shape[1], device=device) + 1 < size
+        real_even = 2 * torch.arange(even.shape[1], device=device) < size
+        similarity = cosine(even, odd).masked_fill(~real_odd.unsqueeze(1), -torch.inf)
+        similarity = similarity.amax(dim=-1).masked_fill(~real_even, -torch.inf)
+        # drop the `drop` even tokens most similar to an odd one; the others follow in
+        # descending similarity, then every odd token in its current order
+        evens = residual[:, ::2].gather(1, _rank_descending(similarity))
+        halves = torch.cat([evens, residual[:, 1::2]], dim=1)
+        n_even = (size + 1) // 2
+        kept_even = (n_even - drop).clamp_min(0)
+        slot = torch.arange(width, device=device)
+        source = torch.where(
+            slot < kept_even, n_even - kept_even + slot, evens.shape[1] + slot - kept_even
+        )
+        shrunk = halves.gather(1, source.clamp(0, halves.shape[1] - 1))
+        residual = torch.where(drop > 0, shrunk, residual[:, :width])
+        size = size - (n_even - kept_even)
+    slot = torch.arange(num_keep, device=device)
+    source = torch.where(slot < plan[0], slot, n + slot - plan[0])
+    chosen = torch.cat([ranking, residual], dim=1)
+    return chosen.gather(1, source.clamp(max=chosen.shape[1] - 1))
 
 
 def vispruner_indices(
@@ -33,40 +123,15 @@ def vispruner_indices(
     important_ratio: float = 0.5,
     drop_per_round: int = 8,
 ) -> torch.Tensor:
-    """VisPruner's selection for a batch of equal-size samples.
-
-    Args:
-        features: ``(B, N, C)`` visual tokens (the pre-projector patch features).
-        attention: ``(B, N)`` head-mean [CLS] attention.
-        num_keep: ``K`` tokens kept per sample, ``K <= N``.
-        important_ratio: ``r``; ``int(K * r)`` important tokens.
-        drop_per_round: most even-position tokens dropped per round (8 officially).
-
-    Returns:
-        ``(B, K)`` indices: the important tokens in attention order, then the
-        diverse ones in their final residual order.
-    """
-    batch, n, dim = features.shape
-    n_important = int(num_keep * important_ratio)
-    n_diverse = num_keep - n_important
-    ranking = _rank_descending(attention)
-    important, residual = ranking[:, :n_important], ranking[:, n_important:]
-    if n_diverse == 0:  # the official loop would index an empty odd half; nothing stays anyway
-        return important
-    normed = unit_rows(features)
-    while True:
-        size = residual.shape[1]
-        drop = min(drop_per_round, size - n_diverse)
-        if drop <= 0:
-            break
-        tokens = gather_tokens(normed, residual)  # (B, R, C) in residual order
-        even, odd = tokens[:, ::2], tokens[:, 1::2]  # ceil(R/2) and floor(R/2) tokens
-        similarity = cosine(even, odd).amax(dim=-1)  # (B, ceil(R/2))
-        # drop the `drop` even tokens most similar to an odd one; the others follow in
-        # descending similarity, then every odd token in its current order
-        kept_even = _rank_descending(similarity)[:, drop:]
-        residual = torch.cat([residual[:, ::2].gather(1, kept_even), residual[:, 1::2]], dim=1)
-    return torch.cat([important, residual], dim=1)
+    """VisPruner's selection for a batch of equal-size samples (:func:`vispruner_order`
+    with every token valid and ``K = num_keep`` each): ``(B, K)`` indices, the important
+    tokens in attention order, then the diverse ones in their final residual order."""
+    batch, n, _ = features.shape
+    valid = torch.ones(batch, n, dtype=torch.bool, device=features.device)
+    keep = torch.full((batch,), num_keep, dtype=torch.int64, device=features.device)
+    return vispruner_order(
+        features, attention, valid, keep, num_keep, important_ratio, drop_per_round
+    )
 
 
 @dataclass
@@ -125,7 +190,8 @@ class VisPruner(TokenPruner):
       treated as orthogonal to everything instead of giving NaN;
     * ties in both rankings keep the lower index / earlier token first
       (``torch.argsort`` is not stable);
-    * ragged batches: each sample runs on its own valid tokens and its own count.
+    * ragged batches: each sample runs on its own valid tokens and its own count,
+      batched (padding masked, no loop over the samples).
     """
 
     important_ratio: float = 0.5
@@ -153,18 +219,18 @@ class VisPruner(TokenPruner):
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         attention = head_mean(inputs.signals[CLS_ATTENTION])
-        order = torch.zeros(
-            inputs.batch_size, num_keep, dtype=torch.int64, device=inputs.tokens.device
+        counts = inputs.keep_counts
+        if counts is None:
+            counts = inputs.valid_counts.clamp(max=num_keep)
+        order = vispruner_order(
+            inputs.tokens,
+            attention,
+            inputs.token_mask,
+            counts,
+            num_keep,
+            self.important_ratio,
+            self.drop_per_round,
         )
-        for rows, positions, count in valid_groups(inputs):
-            local = vispruner_indices(
-                gather_tokens(inputs.tokens[rows], positions),
-                gather_tokens(attention[rows], positions),
-                count,
-                self.important_ratio,
-                self.drop_per_round,
-            )
-            order[rows, :count] = positions.gather(1, local)
         return Picks(order=order, scores=attention.masked_fill(~inputs.token_mask, 0.0))
 
 

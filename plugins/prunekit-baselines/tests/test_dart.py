@@ -160,6 +160,72 @@ def test_matches_the_official_rule(order, max_num_trunction):
         assert [image[i] for i in result.indices[0].tolist()] == expected
 
 
+def generalised_dart(hidden, keys, image, text, budget, order, pivot_image=4, pivot_text=4):
+    """:func:`official_dart` for any budget ``c`` (kept tokens), as documented: the ``c - 4``
+    claims are split ``R // 8`` per pivot, the first ``R % 8`` visited pivots one more."""
+    norms = keys.flatten(1).abs().sum(dim=-1)
+    image_t, text_t = torch.tensor(image), torch.tensor(text)
+    image_pivots = image_t[norms[image_t].topk(pivot_image).indices].tolist()
+    text_pivots = text_t[norms[text_t].topk(pivot_text).indices].tolist()
+    chosen = set(image_pivots + text_pivots)
+    visit = list(chosen.copy()) if order == "set" else image_pivots + text_pivots
+    share, extra = divmod(budget - pivot_image, len(visit))
+    remaining = set(image) - set(image_pivots)
+    for j, pivot in enumerate(visit):
+        candidates = sorted(remaining)
+        similarity = torch.nn.functional.cosine_similarity(
+            hidden[pivot].unsqueeze(0), hidden[candidates], dim=-1
+        )
+        count = share + (j < extra)
+        claimed = [candidates[i] for i in (-similarity).topk(count).indices.tolist()]
+        chosen.update(claimed)
+        remaining.difference_update(claimed)
+    return sorted(chosen - set(text_pivots))
+
+
+@pytest.mark.parametrize("order", ["set", "norm"])
+def test_budgets_off_the_official_grid_in_a_ragged_batch(order):
+    """Budgets whose claims do not split evenly: the first visited pivots claim one more,
+    in the visiting order, for every sample of a padded batch at once."""
+    prompts = [random_prompt(seed, n_image=40 - 3 * seed, start=30 + 5 * seed) for seed in range(4)]
+    n = 40
+    budgets = [13, 21, 30, 9]  # kept image tokens: 4 pivots + claims of 9, 17, 26, 5
+    tokens = torch.zeros(4, n, 16)
+    mask = torch.zeros(4, n, dtype=torch.bool)
+    signals = {
+        "llm_image_keys": torch.zeros(4, n, 4, 8),
+        "llm_image_hidden": torch.zeros(4, n, 16),
+        "llm_image_positions": torch.zeros(4, n, dtype=torch.int64),
+    }
+    text_signals = [dart_signals(*prompt) for prompt in prompts]
+    for b, (hidden, _, image, _) in enumerate(prompts):
+        m = len(image)
+        tokens[b, :m] = hidden[image]
+        mask[b, :m] = True
+        for name in signals:
+            signals[name][b, :m] = text_signals[b][name][0]
+    for name in ("llm_text_keys", "llm_text_hidden", "llm_text_mask", "llm_text_positions"):
+        signals[name] = torch.cat([t[name] for t in text_signals])
+    dart = DART(pivot_order=order)
+    batched = DART(pivot_order=order).select(
+        *_prepared(dart, tokens, mask, signals, torch.tensor(budgets))
+    )
+    for b, (hidden, keys, image, text) in enumerate(prompts):
+        expected = generalised_dart(hidden, keys, image, text, budgets[b], order)
+        kept = sorted(image[i] for i in batched.order[b, : budgets[b]].tolist())
+        assert kept == expected, f"sample {b}"
+
+
+def _prepared(pruner, tokens, mask, signals, counts):
+    """``select``'s inputs for per-sample budgets ``counts`` (as ``prune`` passes them)."""
+    import dataclasses
+
+    from prunekit.core.inputs import validate_inputs
+
+    inputs = validate_inputs(tokens, token_mask=mask, signals=signals)
+    return dataclasses.replace(inputs, keep_counts=counts), int(counts.max())
+
+
 def test_set_and_norm_orders_differ_somewhere():
     differ = 0
     for seed in range(10):

@@ -47,20 +47,24 @@ def text_relevance(
     """Raw relevance ``r`` ``(B, N)`` of each token to the valid text rows.
 
     Rows of samples without any valid text row are ``NaN``. The ``(B, N, M)``
-    cosine matrix is token x text, never token x token.
+    cosine matrix is token x text, never token x token; the tokens are not
+    copied (their dot products with the unit text rows are divided by their norms).
     """
     if center is not None:
         center = center.to(tokens.dtype)
         tokens = tokens - center
         text_embeds = text_embeds - center
-    tokens_n = F.normalize(tokens, dim=-1)
+    # 1 / max(||x||, 1e-12), as F.normalize, without a normalised copy of the tokens
+    inv_norm = torch.linalg.vector_norm(tokens, dim=-1, keepdim=True).clamp_min(1e-12).reciprocal()
     valid = text_mask.unsqueeze(1)  # (B, 1, M)
     n_text = text_mask.sum(dim=1).clamp_min(1).to(tokens.dtype)  # (B,)
     if aggregation == "pooled":
         pooled = (text_embeds * text_mask.unsqueeze(-1)).sum(dim=1) / n_text.unsqueeze(-1)
-        rel = torch.einsum("bnd,bd->bn", tokens_n, F.normalize(pooled, dim=-1))
+        unit_text = F.normalize(pooled, dim=-1).unsqueeze(-1)  # (B, d, 1)
+        rel = (torch.bmm(tokens, unit_text) * inv_norm).squeeze(-1)
     else:
-        cos = torch.einsum("bnd,bmd->bnm", tokens_n, F.normalize(text_embeds, dim=-1))
+        unit_text = F.normalize(text_embeds, dim=-1).transpose(1, 2)  # (B, d, M)
+        cos = torch.bmm(tokens, unit_text) * inv_norm
         if aggregation == "max":
             rel = cos.masked_fill(~valid, -math.inf).amax(dim=-1)
         else:

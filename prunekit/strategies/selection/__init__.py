@@ -3,6 +3,7 @@
 from prunekit.strategies.selection.base import SelectionStrategy
 from prunekit.strategies.selection.greedy_residual import (
     GreedyResidualSelection,
+    gram_method,
     greedy_residual_order,
 )
 from prunekit.strategies.selection.random import RandomSelection, position_noise
@@ -13,6 +14,7 @@ __all__ = [
     "RandomSelection",
     "SelectionStrategy",
     "TopKSelection",
+    "gram_method",
     "greedy_residual_order",
     "position_noise",
 ]

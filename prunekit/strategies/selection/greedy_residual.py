@@ -34,20 +34,36 @@ GRAM_METHODS = ("auto", "gram", "rows")
 #: Relative tolerance below which a residual counts as explained, per dtype.
 DEFAULT_RANK_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
+#: Default memory bound of the ``B x N x N`` Gram matrices above which ``"auto"`` takes the rows path.
+DEFAULT_MAX_GRAM_BYTES = 256 * 2**20
+
 
 def _first_near_max(score: torch.Tensor, best: torch.Tensor, tie_rtol: float) -> torch.Tensor:
-    """Per row, the lowest index whose score is within ``tie_rtol`` (relative) of the row's best.
+    """``(B, 1)``: per row, the lowest index whose score is within ``tie_rtol`` (relative)
+    of the row's best ``(B, 1)``.
 
     Float rounding differs between shapes (a sample alone or padded in a batch),
     so exact ties such as duplicate tokens would otherwise be broken by noise.
     """
     near = score >= best - best.abs() * tie_rtol
-    return near.to(torch.uint8).argmax(dim=1)
+    return near.max(dim=1, keepdim=True).indices  # the first True of each row
 
 
-def _gram_bytes(tokens: torch.Tensor) -> int:
+def gram_method(
+    tokens: torch.Tensor,
+    method: GramMethod = "auto",
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
+) -> str:
+    """The path :func:`greedy_residual_order` takes on ``tokens``: ``"gram"`` or ``"rows"``.
+
+    ``"auto"`` is ``"gram"`` while the ``(B, N, N)`` Gram matrices of ``tokens``
+    (in their dtype) fit in ``max_gram_bytes``, ``"rows"`` above.
+    """
+    check_choice("method", method, GRAM_METHODS)
+    if method != "auto":
+        return method
     batch, n, _ = tokens.shape
-    return batch * n * n * tokens.element_size()
+    return "gram" if batch * n * n * tokens.element_size() <= max_gram_bytes else "rows"
 
 
 def greedy_residual_order(
@@ -59,7 +75,7 @@ def greedy_residual_order(
     rank_tol: float | None = None,
     tie_rtol: float = 1e-5,
     method: GramMethod = "auto",
-    max_gram_bytes: int = 256 * 2**20,
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
 ) -> torch.Tensor:
     """Greedy weighted residual selection, batched.
 
@@ -74,62 +90,70 @@ def greedy_residual_order(
             won by the lowest index.
         method: ``"gram"`` (one ``N x N`` GEMM), ``"rows"`` (one Gram row per
             step, no ``N x N`` matrix) or ``"auto"`` (``"gram"`` unless the Gram
-            matrices would exceed ``max_gram_bytes``).
+            matrices would exceed ``max_gram_bytes``), see :func:`gram_method`.
 
     Returns:
         ``(B, K)`` int64 picks in the order they were made.
+
+    The loop runs ``K`` steps, a number known on the host; every decision stays
+    on the device (no ``.item()``, no data-dependent shape), so on CUDA the loop
+    never waits for the GPU.
     """
-    check_choice("method", method, GRAM_METHODS)
     batch, n, _ = tokens.shape
-    device = tokens.device
+    device, dtype = tokens.device, tokens.dtype
     if valid is None:
         valid = torch.ones(batch, n, dtype=torch.bool, device=device)
     if rank_tol is None:
-        rank_tol = DEFAULT_RANK_TOL.get(tokens.dtype, 1e-4)
-    use_gram = method == "gram" or (method == "auto" and _gram_bytes(tokens) <= max_gram_bytes)
-    gram = torch.bmm(tokens, tokens.transpose(1, 2)) if use_gram else None
-
-    weights = weights.to(tokens.dtype)
-    # (B, N) residual energies E_S, starting at ||x_i||^2 (the Gram diagonal when there is one)
-    if gram is not None:
-        energy = gram.diagonal(dim1=1, dim2=2).clone()
+        rank_tol = DEFAULT_RANK_TOL.get(dtype, 1e-4)
+    tokens = tokens.contiguous()
+    flat_tokens = tokens.view(batch * n, -1)
+    # flat row of each sample's token 0 (none needed for a single sample)
+    row_offset = torch.arange(batch, device=device).unsqueeze(1) * n if batch > 1 else None
+    gram = None
+    if gram_method(tokens, method, max_gram_bytes) == "gram":
+        gram = torch.bmm(tokens, tokens.transpose(1, 2))
+        energy = gram.diagonal(dim1=1, dim2=2).clone()  # (B, N) ||x_i||^2
+        gram = gram.view(batch * n, n)
     else:
         energy = torch.einsum("bnd,bnd->bn", tokens, tokens)
-    gram_rows = None if gram is None else gram.view(batch * n, n)
-    row_offset = torch.arange(batch, device=device) * n
+
+    # Residual energies E_S; a token at or below ``tol`` is explained and held at exactly 0,
+    # so that its score w * E is 0 (energies only decrease: it stays explained).
     tol = energy * rank_tol
-    factors = tokens.new_zeros(batch, num_keep, n)  # rows of the incremental Cholesky factor
-    order = torch.empty(batch, num_keep, dtype=torch.int64, device=device)
+    energy = energy.masked_fill(energy <= tol, 0.0)
+    weights = weights.to(dtype)
+    neg_inf = torch.full((), -torch.inf, dtype=dtype, device=device)
     available = valid.clone()
-    neg_inf = torch.tensor(-torch.inf, dtype=tokens.dtype, device=device)
-
+    factors = tokens.new_empty(batch, num_keep, n)  # rows of the incremental Cholesky factor
+    picks = []
     for step in range(num_keep):
-        candidate = available & (energy > tol)
-        score = torch.where(candidate, weights * energy, neg_inf)
-        best_score = score.amax(dim=1, keepdim=True)
-        best = _first_near_max(score, best_score, tie_rtol)
-        fill_score = torch.where(available, weights, neg_inf)
-        fill = _first_near_max(fill_score, fill_score.amax(dim=1, keepdim=True), tie_rtol)
-        pick = torch.where(best_score.squeeze(1) > 0, best, fill)
+        score = torch.where(available, weights * energy, neg_inf)
+        fill = torch.where(available, weights, neg_inf)
+        best = score.amax(dim=1, keepdim=True)
+        # nothing positive left (K beyond the rank, or only weight-0 tokens): fill by weight
+        positive = best > 0
+        key = torch.where(positive, score, fill)
+        top = torch.where(positive, best, fill.amax(dim=1, keepdim=True))
+        pick = _first_near_max(key, top, tie_rtol)  # (B, 1)
 
-        picked_energy = energy.gather(1, pick.unsqueeze(1)).squeeze(1)
-        independent = picked_energy > tol.gather(1, pick.unsqueeze(1)).squeeze(1)
+        flat = (pick if row_offset is None else pick + row_offset).view(batch)
         if gram is not None:
-            row = gram_rows.index_select(0, row_offset + pick)  # (B, N) Gram row of the pick
+            row = gram.index_select(0, flat)  # (B, N) Gram row of the pick
         else:
-            picked = tokens.view(batch * n, -1).index_select(0, row_offset + pick)
-            row = torch.bmm(tokens, picked.unsqueeze(-1)).squeeze(-1)
+            row = torch.bmm(tokens, flat_tokens.index_select(0, flat).unsqueeze(-1)).view(batch, n)
         if step > 0:
             done = factors[:, :step]  # (B, step, N)
-            coef = done.gather(2, pick.view(batch, 1, 1).expand(batch, step, 1))  # (B, step, 1)
-            row = row - torch.bmm(coef.transpose(1, 2), done).squeeze(1)
-        scale = torch.where(independent, picked_energy.clamp_min(1e-30).rsqrt(), 0.0)
-        column = row * scale.unsqueeze(1)
-        factors[:, step] = column
-        energy = (energy - column.pow(2)).clamp_min(0.0)
-        available.scatter_(1, pick.unsqueeze(1), False)
-        order[:, step] = pick
-    return order
+            coef = done.gather(2, pick.unsqueeze(1).expand(batch, step, 1))  # (B, step, 1)
+            row = torch.baddbmm(row.unsqueeze(1), coef.transpose(1, 2), done, alpha=-1)
+            row = row.view(batch, n)
+        picked = energy.gather(1, pick)  # (B, 1); 0 if the pick adds no direction
+        scale = torch.where(picked > 0, picked.rsqrt(), 0.0)
+        column = torch.mul(row, scale, out=factors[:, step])
+        energy = torch.addcmul(energy, column, column, value=-1.0)
+        energy.masked_fill_(energy <= tol, 0.0)
+        available.scatter_(1, pick, False)
+        picks.append(pick)
+    return torch.cat(picks, dim=1)
 
 
 @dataclass
@@ -142,7 +166,7 @@ class GreedyResidualSelection(SelectionStrategy):
     rank_tol: float | None = None
     tie_rtol: float = 1e-5
     method: GramMethod = "auto"
-    max_gram_bytes: int = 256 * 2**20
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
 
     name = "greedy_residual"
 

@@ -21,14 +21,23 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def position_noise(seed: int, n_tokens: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def position_noise(
+    seed: int | torch.Tensor, n_tokens: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """``(n_tokens,)`` float64 uniforms in (0, 1), a pure function of ``(seed, position)``.
 
     A counter-based hash rather than a stateful generator, so a token's draw
-    does not depend on the batch it is in, on padding, or on the device.
+    does not depend on the batch it is in, on padding, or on the device. With a
+    ``(B,)`` integer tensor of seeds, ``(B, n_tokens)``: row ``b`` equals
+    ``position_noise(int(seed[b]), n_tokens)``, computed on the seeds' device.
     """
-    position = torch.arange(n_tokens, device=device, dtype=torch.int64)
-    key = _mix32((int(seed) & _MASK32) ^ 0x9E3779B9)
+    if isinstance(seed, torch.Tensor):
+        device = seed.device if device is None else device
+        key = _mix32((seed.to(device=device, dtype=torch.int64) & _MASK32) ^ 0x9E3779B9)
+        key = key.unsqueeze(-1)
+    else:
+        key = _mix32((int(seed) & _MASK32) ^ 0x9E3779B9)
+    position = torch.arange(n_tokens, device=device or "cpu", dtype=torch.int64)
     x = _mix32((position * 0x2545F491 + key) & _MASK32)
     x = _mix32(x ^ key)
     return (x.double() + 0.5) / 2.0**32
