@@ -173,6 +173,42 @@ def test_text_conditioning_uses_the_prompt_nouns(model):
     assert torch.all(h_none.results[0].scores == 1)
 
 
+class Words:
+    """A tiny word-level tokenizer over the tiny vocabulary."""
+
+    words = {7: "red", 8: "triangle", 9: "?", 10: "blue", 11: "circle", 12: "square", 13: "big"}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(self.words.get(i, "") for i in ids).strip()
+
+    def __call__(self, text, add_special_tokens=False):
+        inverse = {v: k for k, v in self.words.items()}
+        return {"input_ids": [inverse[w] for w in text.split() if w in inverse]}
+
+
+def test_embedding_mean_centre_is_the_embedding_tables_mean_row(model):
+    """center="embedding_mean": the adapter hands the mean row of the LLM's input-embedding
+    table to the relevance, which equals passing that row as a tensor by hand."""
+    inputs = batch()
+    table = model.get_input_embeddings().weight
+    by_hand = prunekit.ResPrune(alpha=4.0, center=table.mean(dim=0).detach().clone())
+    by_signal = prunekit.ResPrune(alpha=4.0, center="embedding_mean")
+    assert by_signal.required_signals == {"embedding_mean"}
+    results = []
+    for pruner in (by_hand, by_signal, prunekit.ResPrune(alpha=4.0)):
+        with prunekit.attach(model, pruner, budget=4, tokenizer=Words()) as h:
+            model(**inputs)
+        results.append(h.results[0])
+    assert torch.equal(results[0].indices, results[1].indices)
+    torch.testing.assert_close(results[0].scores, results[1].scores)
+    assert not torch.allclose(results[1].scores, results[2].scores)  # centring changes weights
+    with pytest.raises(ValueError, match="center must be one of"):
+        prunekit.ResPrune(center="embedding_men")
+    with pytest.raises(ValueError, match="embedding_mean"):  # vision-space tokens: no centre
+        with prunekit.attach(model, by_signal, budget=4, before_projector=True):
+            pass
+
+
 def test_mismatched_image_tokens(model):
     inputs = batch()
     inputs["input_ids"] = inputs["input_ids"].clone()

@@ -55,6 +55,8 @@ class LlavaAdapter(PreLLMAdapter):
 
     def available_signals(self) -> frozenset[str]:
         signals = super().available_signals()
+        if self.before_projector:  # vision-space tokens: no LLM embedding centre
+            signals = signals - {"embedding_mean"}
         if getattr(self.model.config.vision_config, "model_type", "") not in CLS_TOWERS:
             signals = signals - {"cls_attention"}
         return signals
@@ -81,7 +83,7 @@ class LlavaAdapter(PreLLMAdapter):
     ) -> ImageFeatures:
         if self.before_projector:
             return self._vision_features(vision_inputs)
-        if not self.required_signals:
+        if not self.required_signals & ATTENTION_SIGNALS:
             return ImageFeatures(
                 features=pooled_features(self.model.get_image_features(**vision_inputs))
             )
@@ -105,7 +107,7 @@ class LlavaAdapter(PreLLMAdapter):
                 "before_projector supports one vision_feature_layer and fixed-size images"
             )
         signals: dict[str, torch.Tensor] = {}
-        if self.required_signals:
+        if self.required_signals & ATTENTION_SIGNALS:
             module, columns = self._attention_layer(vision_inputs)
             with capture_input(module) as captured:
                 output = self.model.model.vision_tower(

@@ -167,7 +167,7 @@ class PreLLMAdapter(Adapter):
     def available_signals(self) -> frozenset[str]:
         if self.llm_pruning is not None:  # signals of decoder layer K-1 (see llm_layers)
             return self.llm_pruning.available_signals()
-        return self.provided_signals
+        return self.provided_signals | {"embedding_mean"}
 
     def pruning_point(self) -> str:
         return IN_LLM if self.llm_pruning is not None else PRE_LLM
@@ -370,6 +370,10 @@ class PreLLMAdapter(Adapter):
             name: _stack_signal(name, values, n_max, device)
             for name, values in images.signals.items()
         }
+        if "embedding_mean" in self.required_signals:
+            table = self.input_embeddings().weight
+            mean = table.mean(dim=0, dtype=torch.float32).to(device)
+            signals["embedding_mean"] = mean.expand(len(feats), -1)
         result = handle.prune(
             batch,
             text_embeds=text_embeds,

@@ -55,6 +55,13 @@ def _llm_attention_example(
     return torch.softmax(logits, dim=-1)[..., 4 : n + 4]
 
 
+def _embedding_mean_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """A shared offset, the same for every sample (as the model's embedding table is)."""
+    return (0.5 * torch.randn(1, dim, generator=generator)).expand(batch, dim).clone()
+
+
 def _llm_hidden_example(batch: int, n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(batch, n, dim, generator=generator)
 
@@ -190,6 +197,14 @@ for _spec in (
         None,
         "bool, True for the real rows of the llm_text_* signals",
         _llm_text_mask_example,
+    ),
+    SignalSpec(
+        "embedding_mean",
+        "(B, d)",
+        None,
+        "mean row of the language model's input-embedding table, in the space of the "
+        "projected visual tokens (a centre for text relevance: TextRelevance(center=...))",
+        _embedding_mean_example,
     ),
     SignalSpec(
         "llm_text_positions",

@@ -28,7 +28,8 @@ class ResPrune(ComposedPruner):
         alpha: text-guidance strength (``w = r~ ** alpha``); 0 turns guidance off.
         aggregation: ``"max"`` (paper), ``"mean"`` or ``"pooled"`` over the text rows.
         center: optional ``(d,)`` vector removed from tokens and text before the
-            cosine; ``None`` is the paper's plain cosine.
+            cosine, or ``"embedding_mean"`` (the mean row of the LLM's input-embedding
+            table, supplied by the VLM adapters); ``None`` is the paper's plain cosine.
         eps: stabiliser of the min-max normalisation.
         rank_tol: relative residual treated as zero (``None``: by dtype).
         method: ``"auto"``, ``"gram"`` or ``"rows"`` (see :func:`greedy_residual_order`).
@@ -41,7 +42,7 @@ class ResPrune(ComposedPruner):
         self,
         alpha: float = 1.0,
         aggregation: Aggregation = "max",
-        center: torch.Tensor | None = None,
+        center: torch.Tensor | str | None = None,
         eps: float = 1e-6,
         rank_tol: float | None = None,
         method: GramMethod = "auto",

@@ -34,6 +34,8 @@ from prunekit.strategies.relevance.base import RelevanceStrategy
 
 Aggregation = Literal["max", "mean", "pooled"]
 AGGREGATIONS = ("max", "mean", "pooled")
+#: model signals usable as ``center`` (see :mod:`prunekit.core.signals`)
+CENTER_SIGNALS = ("embedding_mean",)
 
 
 def text_relevance(
@@ -52,6 +54,8 @@ def text_relevance(
     """
     if center is not None:
         center = center.to(tokens.dtype)
+        if center.dim() == 2:  # one centre per sample (B, d)
+            center = center.unsqueeze(1)
         tokens = tokens - center
         text_embeds = text_embeds - center
     # 1 / max(||x||, 1e-12), as F.normalize, without a normalised copy of the tokens
@@ -81,8 +85,11 @@ class TextRelevance(RelevanceStrategy):
         aggregation: ``"max"`` (paper default), ``"mean"`` or ``"pooled"``.
         alpha: guidance strength ``>= 0``; 0 disables the guidance.
         center: optional ``(d,)`` vector subtracted from tokens and text before
-            the cosine (VLM adapters pass the mean row of the LLM's input
-            embeddings); ``None`` is the paper's plain cosine.
+            the cosine; ``"embedding_mean"``: the mean row of the LLM's
+            input-embedding table, supplied by the VLM adapters as the
+            ``embedding_mean`` signal (the common offset that projected tokens and
+            word embeddings share; see the ResPrune page); ``None`` is the paper's
+            plain cosine.
         eps: the min-max normalisation's stabiliser.
         tie_rtol: relevances within ``tie_rtol * (max r - min r)`` of the minimum
             count as the minimum (weight 0), so rounding differences between
@@ -91,7 +98,7 @@ class TextRelevance(RelevanceStrategy):
 
     aggregation: Aggregation = "max"
     alpha: float = 1.0
-    center: torch.Tensor | None = None
+    center: torch.Tensor | str | None = None
     eps: float = 1e-6
     tie_rtol: float = 1e-5
 
@@ -105,9 +112,15 @@ class TextRelevance(RelevanceStrategy):
             raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
         if not (self.eps > 0):
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.center is not None:
+        if isinstance(self.center, str):
+            check_choice("center", self.center, CENTER_SIGNALS)
+            self.required_signals = frozenset({self.center})
+        elif self.center is not None:
             if not isinstance(self.center, torch.Tensor):
-                raise TypeError(f"center must be a torch.Tensor, got {type(self.center).__name__}")
+                raise TypeError(
+                    f"center must be a torch.Tensor, {CENTER_SIGNALS} or None, "
+                    f"got {type(self.center).__name__}"
+                )
             if self.center.dim() != 1:
                 raise ValueError(f"center must be 1-D (d,), got shape {tuple(self.center.shape)}")
 
@@ -116,10 +129,12 @@ class TextRelevance(RelevanceStrategy):
         if inputs.text_embeds is None:
             return torch.full_like(inputs.tokens[..., 0], math.nan)
         center = self.center
+        if isinstance(center, str):
+            center = inputs.signals[center]
         if center is not None:
-            if center.shape[0] != inputs.tokens.shape[-1]:
+            if center.shape[-1] != inputs.tokens.shape[-1]:
                 raise ValueError(
-                    f"center has {center.shape[0]} features but tokens have {inputs.tokens.shape[-1]}"
+                    f"center has {center.shape[-1]} features but tokens have {inputs.tokens.shape[-1]}"
                 )
             center = center.to(inputs.tokens.device)
         return text_relevance(
