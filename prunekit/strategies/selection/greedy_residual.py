@@ -105,7 +105,8 @@ def greedy_residual_order(
         valid = torch.ones(batch, n, dtype=torch.bool, device=device)
     if rank_tol is None:
         rank_tol = DEFAULT_RANK_TOL.get(dtype, 1e-4)
-    tokens = tokens.contiguous()
+    tokens = tokens.detach().contiguous()  # a selection: no gradient flows through the picks
+    weights = weights.detach()
     flat_tokens = tokens.view(batch * n, -1)
     # flat row of each sample's token 0 (none needed for a single sample)
     row_offset = torch.arange(batch, device=device).unsqueeze(1) * n if batch > 1 else None
