@@ -18,6 +18,7 @@ the closest valid one; nothing is loaded before the config is checked.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -305,15 +306,31 @@ def build_pruner(cfg: DictConfig | Mapping[str, Any]) -> Any:
     return create_pruner(name, **params)
 
 
+#: the last model built, reused by the next run of a sweep with the same loader and device
+_LAST_MODEL: dict[str, tuple[Any, Any]] = {}
+
+
 def build_model(cfg: DictConfig) -> tuple[Any, Any]:
-    """``(model, processor)`` from the model group's ``loader`` (``_target_``), on ``cfg.device``, eval mode."""
+    """``(model, processor)`` from the model group's ``loader`` (``_target_``), on ``cfg.device``, eval mode.
+
+    The last model built is kept and returned again for the same loader config and
+    device: the runs of a sweep run in one process load it once. Sharing is safe because
+    :func:`prunekit.attach` leaves the model as it found it.
+    """
     from hydra.utils import instantiate
 
+    key = json.dumps(
+        {"loader": _plain(cfg.model.loader), "device": str(cfg.device)}, sort_keys=True
+    )
+    if key in _LAST_MODEL:
+        return _LAST_MODEL[key]
+    _LAST_MODEL.clear()
     model, processor = instantiate(cfg.model.loader)
     model = model.to(resolve_device(cfg.device)).eval()
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None and hasattr(tokenizer, "padding_side"):
         tokenizer.padding_side = "left"  # batched generation
+    _LAST_MODEL[key] = (model, processor)
     return model, processor
 
 

@@ -131,3 +131,31 @@ def easyvqa(split: str = "test", n_samples: int = 200, seed: int = 0) -> VQAData
             )
         )
     return VQADataset(name="easyvqa", samples=samples, answers=list(easy_vqa.get_answers()))
+
+
+def shapes(
+    split: str = "test", n_images: int = 100, per_kind: int = 1, seed: int = 0
+) -> VQADataset:
+    """The first ``n_images`` scenes of a split of :mod:`prunekit.data.shapes`, every question.
+
+    ``per_kind`` questions of each kind per scene (colour, shape, exists, count; a few
+    scenes have no valid colour or shape question), chosen as
+    :func:`prunekit.data.shapes.dataset` does: about four questions per image. Prefix-stable:
+    a smaller ``n_images`` gives the first samples of a larger one.
+    """
+    from prunekit.data import shapes as shapes_data
+
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    items = shapes_data.dataset(split, n_images, per_kind=per_kind, seed=seed)
+    samples = [
+        Sample(
+            id=f"shapes-{split}-{item.scene.seed}-{j}",
+            image=item.scene.image,
+            question=q.question,
+            answer=q.answer,
+        )
+        for item in items
+        for j, q in enumerate(item.questions)
+    ]
+    return VQADataset(name="shapes", samples=samples, answers=list(shapes_data.ANSWERS))

@@ -135,6 +135,18 @@ class EasyVQAConf:
 
 
 @dataclass
+class ShapesConf:
+    """A fixed prefix of the shapes test split (:mod:`prunekit.data.shapes`)."""
+
+    _target_: str = "prunekit.experiments.datasets.shapes"
+    name: str = "shapes"
+    split: str = "test"
+    n_images: int = 100
+    per_kind: int = 1
+    seed: int = 0
+
+
+@dataclass
 class PrunekitConf:
     """The primary config (``prunekit/conf/config.yaml`` extends it)."""
 
@@ -230,6 +242,7 @@ def register_configs() -> None:
     store.store(group="schema/model", name="base", node=ModelConf)
     store.store(group="schema/data", name="tiny", node=TinyDataConf)
     store.store(group="schema/data", name="easyvqa", node=EasyVQAConf)
+    store.store(group="schema/data", name="shapes", node=ShapesConf)
     registry = get_registry()
     for kind in COMPONENT_GROUPS:
         for spec in registry.specs(kind):
