@@ -9,7 +9,7 @@
   ``relevance=none,text selection=greedy_residual,topk budget=0.111,0.222``; one
   folder per run and a summary (markdown, CSV, plot); a rerun skips finished runs;
 * ``prunekit viz ...``: what several pruners keep on the same image, side by side;
-* ``prunekit demo``: prune a real photo's DINOv2-S patch tokens offline.
+* ``prunekit demo``: MiniLLaVA answers a question about an image, unpruned and pruned, offline.
 
 OVERRIDES are Hydra overrides of the configs in ``prunekit/conf`` (``key=value``,
 ``group=option``, comma lists to sweep). A config error stops the command before
@@ -68,9 +68,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from prunekit.demo import run_demo
+    from prunekit.demo import run_demo, run_encoder_demo
 
-    report = run_demo(pruner=args.pruner, budget=args.budget, image=args.image, out=args.out)
+    if args.encoder_only:
+        report = run_encoder_demo(
+            pruner=args.pruner, budget=args.budget, image=args.image or "astronaut", out=args.out
+        )
+    else:
+        report = run_demo(
+            pruner=args.pruner,
+            budget=args.budget,
+            image=args.image,
+            question=args.question,
+            out=args.out,
+        )
     print(report.summary())
     return 0
 
@@ -190,13 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     viz.set_defaults(func=_cmd_viz)
 
     demo = sub.add_parser(
-        "demo", help="prune a real photo's DINOv2-S patch tokens offline and write a picture"
+        "demo",
+        help="ask MiniLLaVA a question about an image, unpruned and pruned (offline); "
+        "--encoder-only: prune a photo's DINOv2-S patch tokens",
     )
     demo.add_argument("--pruner", default="resprune", help="registered pruner name")
     demo.add_argument(
         "--budget", type=budget_argument, default=0.25, help="int tokens or fraction (0, 1]"
     )
-    demo.add_argument("--image", default="astronaut", help="scikit-image sample name")
+    demo.add_argument(
+        "--image",
+        default=None,
+        help="image file or scikit-image sample name (default: a shapes test scene; "
+        "astronaut with --encoder-only)",
+    )
+    demo.add_argument("--question", default=None, help="the question (MiniLLaVA demo)")
+    demo.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="prune DINOv2-S patch tokens of a photo, no language model",
+    )
     demo.add_argument(
         "--out", default="prunekit_demo.png", help="PNG path of the kept-patch picture"
     )

