@@ -218,10 +218,12 @@ class Savings:
 
     @property
     def tokens_before(self) -> int:
+        """Prompt tokens the language model gets without pruning (visual + text)."""
         return self.visual_tokens + self.text_tokens
 
     @property
     def tokens_after(self) -> int:
+        """Prompt tokens the language model gets pruned (kept visual + text)."""
         return self.kept_visual_tokens + self.text_tokens
 
     @property

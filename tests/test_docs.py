@@ -44,18 +44,7 @@ DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 #: public symbols whose docstrings are still to be written, in modules that other work
 #: in progress owns (strategies, pruners, core/result.py, accounting.py); remove an entry
 #: when its docstring lands, never add one for new code
-PENDING = frozenset(
-    {
-        "prunekit.accounting.Savings.tokens_after",
-        "prunekit.accounting.Savings.tokens_before",
-        "prunekit.core.result.PruneResult.batch_size",
-        "prunekit.pruners.composed.StrategySpec",
-        "prunekit.strategies.relevance.text.AGGREGATIONS",
-        "prunekit.strategies.relevance.text.Aggregation",
-        "prunekit.strategies.selection.greedy_residual.GRAM_METHODS",
-        "prunekit.strategies.selection.greedy_residual.GramMethod",
-    }
-)
+PENDING: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- public symbols

@@ -44,6 +44,7 @@ class PruneResult:
 
     @property
     def batch_size(self) -> int:
+        """Number of samples ``B``."""
         return self.mask.shape[0]
 
     @property

@@ -10,6 +10,7 @@ from prunekit.core.pruner import Picks, TokenPruner
 from prunekit.strategies.relevance.base import RelevanceStrategy
 from prunekit.strategies.selection.base import SelectionStrategy
 
+#: a strategy given by registered name, by ``{"name": ..., **params}`` or as an object
 StrategySpec = str | Mapping[str, Any] | RelevanceStrategy | SelectionStrategy
 
 

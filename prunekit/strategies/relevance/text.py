@@ -32,7 +32,9 @@ from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
 from prunekit.strategies.relevance.base import RelevanceStrategy
 
+#: how the cosines to the text rows become one relevance per token
 Aggregation = Literal["max", "mean", "pooled"]
+#: the values of :data:`Aggregation`
 AGGREGATIONS = ("max", "mean", "pooled")
 #: model signals usable as ``center`` (see :mod:`prunekit.core.signals`)
 CENTER_SIGNALS = ("embedding_mean",)

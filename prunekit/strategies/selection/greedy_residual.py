@@ -28,7 +28,9 @@ from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
 from prunekit.strategies.selection.base import SelectionStrategy
 
+#: how residuals are updated: the ``N x N`` Gram matrix, token rows, or chosen by memory
 GramMethod = Literal["auto", "gram", "rows"]
+#: the values of :data:`GramMethod`
 GRAM_METHODS = ("auto", "gram", "rows")
 
 #: Relative tolerance below which a residual counts as explained, per dtype.
