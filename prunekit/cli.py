@@ -69,7 +69,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prunekit.demo import run_demo, run_encoder_demo
+    from prunekit.models.minillava import PROJECTOR_PATH
 
+    if not args.encoder_only and not PROJECTOR_PATH.is_file():
+        print(
+            f"MiniLLaVA's trained projector ({PROJECTOR_PATH}) is not in this checkout; "
+            "running the encoder-only demo (prunekit demo --encoder-only) instead.\n",
+            flush=True,
+        )
+        args.encoder_only = True
     if args.encoder_only:
         report = run_encoder_demo(
             pruner=args.pruner, budget=args.budget, image=args.image or "astronaut", out=args.out

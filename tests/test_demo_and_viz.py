@@ -74,6 +74,19 @@ def test_demo_keeps_the_residual_selection_of_the_real_tokens(tmp_path):
     assert report.result.indices[0].tolist() == sorted(picks)
 
 
+@needs_weights
+def test_demo_without_projector_falls_back_to_the_encoder_demo(tmp_path, capsys, monkeypatch):
+    """A checkout without the trained projector still runs `prunekit demo` (encoder only)."""
+    pytest.importorskip("skimage")
+    from prunekit.cli import main
+    from prunekit.models import minillava
+
+    monkeypatch.setattr(minillava, "PROJECTOR_PATH", tmp_path / "missing.safetensors")
+    assert main(["demo", "--budget", "0.25", "--out", str(tmp_path / "k.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "running the encoder-only demo" in printed and "kept 64 / 256 tokens" in printed
+
+
 needs_minillava = pytest.mark.skipif(
     any(
         importlib.util.find_spec(m) is None
