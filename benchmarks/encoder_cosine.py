@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -161,15 +160,9 @@ def time_pair(
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core CPU ({cpu}), torch {torch.__version__}, float32, no GPU"
+    from prunekit.experiments.records import cpu_name
+
+    return f"{os.cpu_count()}-core CPU ({cpu_name()}), torch {torch.__version__}, float32, no GPU"
 
 
 def _cell(values: list[float]) -> str:

@@ -51,8 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -63,6 +61,7 @@ from torch.utils import benchmark
 
 import prunekit
 from prunekit import accounting
+from prunekit.experiments.records import machine_record
 
 MODELS = ("llava-7b", "minillava")
 OPTIONAL_PRUNERS = ("divprune", "cdpruner", "random")  # from prunekit-baselines, when installed
@@ -337,27 +336,6 @@ def measure_setup(
 # --------------------------------------------------------------------------- report
 
 
-def machine(device: str) -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
 def head_share(shape: accounting.DecoderShape, tokens: int) -> float:
     """The last-token LM head's share of the prefill FLOPs (left out of the estimate)."""
     return accounting.head_flops(shape, tokens) / accounting.prefill_cost(shape, tokens).flops
@@ -581,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     command = " ".join(["python benchmarks/prefill.py", *(sys.argv[1:] if argv is None else argv)])
     rows, settings = run(args, command)
-    info = machine(args.device)
+    info = machine_record(args.device)
     text = markdown(rows, info, settings)
     print(text)
     if args.out == "-":

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -378,19 +377,14 @@ def relevance_auc(n_images: int) -> dict[str, dict[str, float]]:
 
 
 def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine, as the report names it."""
     import os
 
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    import torch
+
+    from prunekit.experiments.records import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> int:

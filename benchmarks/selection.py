@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +60,7 @@ import torch
 from torch.utils import benchmark
 
 import prunekit
+from prunekit.experiments.records import machine_record
 from prunekit.strategies.selection.greedy_residual import DEFAULT_MAX_GRAM_BYTES, gram_method
 from prunekit.testing import synthesize_signals
 
@@ -378,27 +378,6 @@ def run(args: argparse.Namespace) -> list[Row]:
 # --------------------------------------------------------------------------- report
 
 
-def machine(device: str) -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
 def markdown(rows: list[Row], info: dict[str, object], settings: dict[str, object]) -> str:
     where = f"{info['cpu_cores']}-core CPU ({info['cpu']})"
     if "gpu" in info:
@@ -551,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
         "memory_limit_gib": args.memory_limit,
         "wall_s": time.perf_counter() - start,
     }
-    info = machine(args.device)
+    info = machine_record(args.device)
     text = markdown(rows, info, settings)
     print(text)
     if args.out == "-":

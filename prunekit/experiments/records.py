@@ -50,7 +50,8 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what :mod:`platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -70,9 +71,25 @@ def device_record(device: Any) -> dict[str, Any]:
         record["name"] = torch.cuda.get_device_name(device)
         record["cuda"] = torch.version.cuda
     else:
-        record["name"] = _cpu_name()
+        record["name"] = cpu_name()
     record["torch_threads"] = torch.get_num_threads()
     return record
+
+
+def machine_record(device: Any) -> dict[str, Any]:
+    """The machine a benchmark ran on: CPU, cores, platform, torch version, device (and GPU name)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 def environment(device: Any) -> dict[str, Any]:
