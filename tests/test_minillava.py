@@ -169,40 +169,85 @@ def test_load_without_projector_says_how_to_train(monkeypatch, tmp_path):
         minillava.load()
 
 
-#: accuracy floor of the trained projector on the fixed shapes questions below, well
-#: under its measured test accuracy (see prunekit/models/assets/minillava_projector.json)
-TRAINED_FLOOR = 0.5
+#: The committed projector's measured first-token accuracy (prunekit/models/assets/
+#: minillava_projector.json, whole test splits, all 256 tokens) is 0.84 on easy-VQA and
+#: 0.36 on shapes; on shapes it is above chance only for the "color" and "shape" kinds
+#: (benchmarks/results/quality.md), so the shapes check uses those two kinds.
+SHAPES_KINDS = ("color", "shape")
+#: floor on the fixed shapes questions below: measured 0.27 trained (first 40 test
+#: images; 21 of 78 questions), 0.0 with the
+#: random projector of ``minillava.build(seed=0)`` (which answers "yes"/"no"/numbers)
+SHAPES_FLOOR = 0.15
+#: floor on the fixed easy-VQA questions below: measured 0.84 on the whole test split
+EASYVQA_FLOOR = 0.65
 
-
-@slow
-@pytest.mark.skipif(
-    not minillava.PROJECTOR_PATH.is_file(), reason="no trained projector committed yet"
+needs_projector = pytest.mark.skipif(
+    not minillava.PROJECTOR_PATH.is_file(), reason="no trained projector in the checkout"
 )
-def test_trained_projector_answers_shapes(built):
-    """The committed projector answers 40 fixed shapes test questions above a floor,
-    through the stock model forward at 224 px (first answer token among the answers)."""
+
+
+def first_token_accuracy(model, processor, pairs, answers) -> float:
+    """Share of (image, question, answer) triples whose first answer token scores highest
+    among the first tokens of ``answers``, through the stock forward at 224 px."""
+    tok = processor.tokenizer
+    firsts = torch.tensor([tok(a, add_special_tokens=False).input_ids[0] for a in answers])
+    hits = 0
+    for start in range(0, len(pairs), 8):
+        chunk = pairs[start : start + 8]
+        inputs = processor(
+            images=[image for image, _, _ in chunk],
+            text=[minillava.chat_prompt(question) for _, question, _ in chunk],
+        )
+        with torch.no_grad():
+            logits = model(**inputs).logits[:, -1]
+        picks = logits[:, firsts].argmax(-1).tolist()
+        hits += sum(answers[p] == answer for p, (_, _, answer) in zip(picks, chunk))
+    return hits / len(pairs)
+
+
+@pytest.fixture
+def trained(built):
+    """The built model with the committed projector loaded (restored afterwards)."""
     model, processor = built
     projector = model.model.multi_modal_projector
     original = {k: v.clone() for k, v in projector.state_dict().items()}
     minillava.load_projector(projector, minillava.PROJECTOR_PATH)
+    yield model, processor
+    projector.load_state_dict(original)
+
+
+@slow
+@needs_projector
+def test_trained_projector_answers_shapes(built):
+    """On fixed shapes test questions the committed projector clears a floor that the
+    random projector it replaces does not: the check can fail."""
+    model, processor = built
+    items = shapes.dataset("test", 20)
+    pairs = [
+        (it.scene.image, q.question, q.answer)
+        for it in items
+        for q in it.questions
+        if q.kind in SHAPES_KINDS
+    ]
+    assert len(pairs) >= 35
+    untrained = first_token_accuracy(model, processor, pairs, shapes.ANSWERS)
+    projector = model.model.multi_modal_projector
+    original = {k: v.clone() for k, v in projector.state_dict().items()}
+    minillava.load_projector(projector, minillava.PROJECTOR_PATH)
     try:
-        items = shapes.dataset("test", 10)
-        pairs = [(it.scene.image, q) for it in items for q in it.questions]
-        tok = processor.tokenizer
-        firsts = torch.tensor(
-            [tok(a, add_special_tokens=False).input_ids[0] for a in shapes.ANSWERS]
-        )
-        hits = 0
-        for start in range(0, len(pairs), 8):
-            chunk = pairs[start : start + 8]
-            inputs = processor(
-                images=[im for im, _ in chunk],
-                text=[minillava.chat_prompt(q.question) for _, q in chunk],
-            )
-            with torch.no_grad():
-                logits = model(**inputs).logits[:, -1]
-            picks = logits[:, firsts].argmax(-1).tolist()
-            hits += sum(shapes.ANSWERS[p] == q.answer for p, (_, q) in zip(picks, chunk))
-        assert hits / len(pairs) >= TRAINED_FLOOR, f"{hits}/{len(pairs)}"
+        accuracy = first_token_accuracy(model, processor, pairs, shapes.ANSWERS)
     finally:
         projector.load_state_dict(original)
+    assert untrained < SHAPES_FLOOR <= accuracy, (untrained, accuracy, len(pairs))
+
+
+@slow
+@needs_projector
+@pytest.mark.skipif(not easyvqa.available(), reason="easy-vqa is not installed")
+def test_trained_projector_answers_easyvqa(trained):
+    model, processor = trained
+    items = easyvqa.load("test", 12, seed=0, max_questions_per_image=4)
+    pairs = [(it.image(), q.question, q.answer) for it in items for q in it.questions]
+    assert len(pairs) >= 40
+    accuracy = first_token_accuracy(model, processor, pairs, easyvqa.ANSWERS)
+    assert accuracy >= EASYVQA_FLOOR, (accuracy, len(pairs))
