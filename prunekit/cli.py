@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--image",
         default=None,
-        help="image file or scikit-image sample name (default: a shapes test scene; "
+        help="image file or scikit-image sample name (default: an easy-VQA test image; "
         "astronaut with --encoder-only)",
     )
     demo.add_argument("--question", default=None, help="the question (MiniLLaVA demo)")

@@ -133,6 +133,32 @@ def demo_scene() -> Any:
     raise RuntimeError("no shapes test scene with one triangle among five objects")
 
 
+def demo_item() -> tuple[Any, str, str, str]:
+    """The default image, its name, question and correct answer.
+
+    The first easy-VQA test image (ascending id) with a colour question: MiniLLaVA answers
+    easy-VQA at 0.84 but shapes only at chance level for colours (see its training
+    record), so a shapes question would mostly show a wrong answer either way. Without
+    the ``easy-vqa`` package: the shapes scene of :func:`demo_scene`.
+    """
+    from prunekit.data import easyvqa
+
+    if easyvqa.available():
+        for item in easyvqa.load("test"):
+            for q in item.questions:
+                if q.kind == "color":
+                    return (
+                        item.image(),
+                        f"easy-VQA test image {item.image_id}",
+                        q.question,
+                        q.answer,
+                    )
+    scene = demo_scene()
+    expected = scene.objects[scene.find(shape="triangle")[0]].color
+    name = f"shapes test scene {scene.seed} ({len(scene.objects)} objects)"
+    return scene.image, name, DEMO_QUESTION, expected
+
+
 @dataclass
 class Answer:
     """One pass of the demo: the answer and what the language model was given."""
@@ -219,9 +245,9 @@ def run_demo(
     Args:
         pruner: a registered pruner name (pre-LLM; e.g. ``resprune``, ``random``).
         budget: visual tokens kept (int) or fraction kept (float in ``(0, 1]``).
-        image: ``None`` for the demo's shapes scene (:func:`demo_scene`), a
-            scikit-image sample name, or an image file.
-        question: ``None`` for :data:`DEMO_QUESTION` (the shapes scene) or
+        image: ``None`` for the demo's image (:func:`demo_item`), a scikit-image
+            sample name, or an image file.
+        question: ``None`` for the demo image's question (:func:`demo_item`) or
             ``"What is in the picture?"``.
         out: PNG path of the kept-token picture.
         repeats: prefill timings per configuration (the median is reported, after one
@@ -236,12 +262,9 @@ def run_demo(
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     expected = None
     if image is None:
-        scene = demo_scene()
-        picture = scene.image
-        name = f"shapes test scene {scene.seed} ({len(scene.objects)} objects)"
+        picture, name, default_question, default_expected = demo_item()
         if question is None:
-            question = DEMO_QUESTION
-            expected = scene.objects[scene.find(shape="triangle")[0]].color
+            question, expected = default_question, default_expected
     else:
         picture = load_image(image)
         name = image

@@ -105,19 +105,28 @@ def test_demo_scene_has_one_triangle():
     assert demo_scene() == scene  # deterministic
 
 
+def test_demo_item_is_a_colour_question():
+    from prunekit.data import easyvqa, shapes
+    from prunekit.demo import demo_item
+
+    image, name, question, expected = demo_item()
+    assert image.size == ((64, 64) if easyvqa.available() else (224, 224))
+    assert question.startswith("What color") and expected in shapes.COLORS + easyvqa.ANSWERS
+    assert demo_item()[1:] == (name, question, expected)  # deterministic
+
+
 @needs_minillava
 def test_minillava_demo_end_to_end(tmp_path, capsys):
-    """The README's main job: MiniLLaVA answers the shapes question unpruned and pruned."""
+    """The README's main job: MiniLLaVA answers the demo question unpruned and pruned."""
     from prunekit.cli import main
-    from prunekit.demo import demo_scene
+    from prunekit.demo import demo_item
 
     out = tmp_path / "kept.png"
     assert main(["demo", "--budget", "64", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    scene = demo_scene()
-    triangle = scene.objects[scene.find(shape="triangle")[0]]
-    assert "What color is the triangle?" in printed
-    assert f"(correct answer: {triangle.color})" in printed
+    _, name, question, expected = demo_item()
+    assert f"image: {name}" in printed
+    assert f"question: {question}   (correct answer: {expected})" in printed
     lines = {line.split("  ")[0]: line for line in printed.splitlines()}
     full, pruned = lines["all tokens"].split(), lines["resprune @ 64"].split()
     # answer, 256 / 64 visual tokens, and prompt lengths that differ by exactly 192 tokens

@@ -272,6 +272,24 @@ def test_before_projector_equals_hand_built_reference(model):
     )  # projector is per token
 
 
+def test_before_projector_passes_no_text_and_refuses_text_conditioning(model):
+    """Before the projector the tokens are vision-space: the prompt's LLM embeddings are not
+    handed to the pruner even with a tokenizer, and a text-conditioned pruner is refused."""
+    seen = []
+
+    class Spy(prunekit.TokenPruner):
+        def select(self, inputs, num_keep):
+            seen.append(inputs.text_embeds)
+            return prunekit.create_pruner("random").select(inputs, num_keep)
+
+    with prunekit.attach(model, Spy(), budget=4, before_projector=True, tokenizer=Words()):
+        model(**batch())
+    assert seen == [None]
+    with pytest.raises(ValueError, match="text-conditioned.*before_projector=False"):
+        with prunekit.attach(model, "resprune", budget=4, before_projector=True, tokenizer=Words()):
+            pass
+
+
 def test_before_projector_and_llm_layer_exclude_each_other(model):
     with pytest.raises(ValueError, match="two different pruning points"):
         with prunekit.attach(model, "resprune", budget=4, before_projector=True, llm_layer=1):

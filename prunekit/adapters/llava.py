@@ -61,6 +61,9 @@ class LlavaAdapter(PreLLMAdapter):
             signals = signals - {"cls_attention"}
         return signals
 
+    def text_in_token_space(self) -> bool:
+        return not self.before_projector
+
     def __init__(
         self, model: torch.nn.Module, *, before_projector: bool = False, **options: Any
     ) -> None:

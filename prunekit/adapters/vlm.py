@@ -238,12 +238,22 @@ class PreLLMAdapter(Adapter):
         bound = inspect.signature(method).bind_partial(*args, **kwargs)
         return dict(bound.arguments) | bound.arguments.pop("kwargs", {})
 
+    def text_in_token_space(self) -> bool:
+        """Whether the pruned tokens live in the LLM's embedding space, where the prompt's
+        embeddings can condition them (not so for tokens pruned before the projector)."""
+        return True
+
     def _warn_if_text_is_missing(self, handle: AttachHandle) -> None:
         from prunekit.strategies.relevance.text import TextRelevance
 
-        if self.tokenizer is None and isinstance(
-            getattr(handle.pruner, "relevance", None), TextRelevance
-        ):
+        text_conditioned = isinstance(getattr(handle.pruner, "relevance", None), TextRelevance)
+        if text_conditioned and not self.text_in_token_space():
+            raise ValueError(
+                f"{type(handle.pruner).__name__} is text-conditioned, but this pruning point "
+                "holds vision-encoder tokens, not in the space of the prompt's LLM embeddings; "
+                "prune after the projector (before_projector=False)"
+            )
+        if self.tokenizer is None and text_conditioned:
             warnings.warn(
                 f"{type(handle.pruner).__name__} is text-conditioned but attach() got no tokenizer: "
                 "the prompt's nouns cannot be read, so every token gets weight 1. "
@@ -322,7 +332,7 @@ class PreLLMAdapter(Adapter):
         is_image: torch.Tensor,
         owner: list[int],
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if self.tokenizer is None:
+        if self.tokenizer is None or not self.text_in_token_space():
             return None, None
         from prunekit.text.embed import embed_prompt_nouns
 
