@@ -186,6 +186,30 @@ class Words:
         return {"input_ids": [inverse[w] for w in text.split() if w in inverse]}
 
 
+def test_embedding_mean_is_recomputed_when_the_table_changes(model):
+    """The adapter caches the table's mean row, but an in-place edit of the table (a new
+    tensor version) gives the new mean, the same as passing it by hand."""
+    inputs = batch()
+    table = model.get_input_embeddings().weight
+    original = table.detach().clone()
+    bump = torch.linspace(-1, 1, table.shape[1])
+    by_signal = prunekit.ResPrune(alpha=4.0, center="embedding_mean")
+    try:
+        with prunekit.attach(model, by_signal, budget=4, tokenizer=Words()) as h:
+            model(**inputs)
+            with torch.no_grad():
+                table.add_(bump)
+            model(**inputs)
+        by_hand = prunekit.ResPrune(alpha=4.0, center=table.mean(dim=0).detach().clone())
+        with prunekit.attach(model, by_hand, budget=4, tokenizer=Words()) as h_hand:
+            model(**inputs)
+    finally:
+        with torch.no_grad():
+            table.copy_(original)
+    assert not torch.allclose(h.results[0].scores, h.results[1].scores)
+    torch.testing.assert_close(h.results[1].scores, h_hand.results[0].scores)
+
+
 def test_embedding_mean_centre_is_the_embedding_tables_mean_row(model):
     """center="embedding_mean": the adapter hands the mean row of the LLM's input-embedding
     table to the relevance, which equals passing that row as a tensor by hand."""

@@ -103,6 +103,9 @@ class PreLLMAdapter(Adapter):
         self.positions = check_choice("positions", positions, ("contiguous", "original"))
         self.noun_extractor = noun_extractor
         self.required_signals: frozenset[str] = frozenset()
+        #: (table identity, version, device) -> the table's mean row, so that every
+        #: pruned prefill does not re-reduce the whole vocabulary
+        self._embedding_mean: tuple[tuple[Any, ...], torch.Tensor] | None = None
         self._generating = False
         self.llm_pruning = None
         if llm_layer is not None:
@@ -349,6 +352,16 @@ class PreLLMAdapter(Adapter):
         index = torch.tensor(owner, device=embeds.device)
         return embeds[index], text_mask[index]
 
+    def embedding_mean(self, device: torch.device) -> torch.Tensor:
+        """The mean row of the LLM's input-embedding table (float32), cached until the
+        table is replaced or modified in place."""
+        table = self.input_embeddings().weight
+        key = (table.data_ptr(), table._version, table.shape, device)
+        if self._embedding_mean is None or self._embedding_mean[0] != key:
+            mean = table.detach().mean(dim=0, dtype=torch.float32).to(device)
+            self._embedding_mean = (key, mean)
+        return self._embedding_mean[1]
+
     def _prune(
         self,
         handle: AttachHandle,
@@ -381,9 +394,7 @@ class PreLLMAdapter(Adapter):
             for name, values in images.signals.items()
         }
         if "embedding_mean" in self.required_signals:
-            table = self.input_embeddings().weight
-            mean = table.mean(dim=0, dtype=torch.float32).to(device)
-            signals["embedding_mean"] = mean.expand(len(feats), -1)
+            signals["embedding_mean"] = self.embedding_mean(device).expand(len(feats), -1)
         result = handle.prune(
             batch,
             text_embeds=text_embeds,
