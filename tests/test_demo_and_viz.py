@@ -111,7 +111,7 @@ def test_demo_item_is_a_colour_question():
 
     image, name, question, expected = demo_item()
     assert image.size == ((64, 64) if easyvqa.available() else (224, 224))
-    assert "color" in question.lower() and expected in shapes.COLORS + easyvqa.ANSWERS
+    assert "color" in question.lower() and expected in (*shapes.COLORS, *easyvqa.ANSWERS)
     assert demo_item()[1:] == (name, question, expected)  # deterministic
 
 
