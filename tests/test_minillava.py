@@ -7,6 +7,7 @@ the tests that run the model are marked ``slow`` (they still run in CI, where
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 
 import pytest
@@ -205,15 +206,16 @@ def first_token_accuracy(model, processor, pairs, answers) -> float:
     return hits / len(pairs)
 
 
-@pytest.fixture
-def trained(built):
-    """The built model with the committed projector loaded (restored afterwards)."""
-    model, processor = built
+@contextlib.contextmanager
+def committed_projector(model):
+    """``model`` with the committed projector loaded; its own projector restored after."""
     projector = model.model.multi_modal_projector
     original = {k: v.clone() for k, v in projector.state_dict().items()}
     minillava.load_projector(projector, minillava.PROJECTOR_PATH)
-    yield model, processor
-    projector.load_state_dict(original)
+    try:
+        yield model
+    finally:
+        projector.load_state_dict(original)
 
 
 @slow
@@ -231,23 +233,19 @@ def test_trained_projector_answers_shapes(built):
     ]
     assert len(pairs) >= 35
     untrained = first_token_accuracy(model, processor, pairs, shapes.ANSWERS)
-    projector = model.model.multi_modal_projector
-    original = {k: v.clone() for k, v in projector.state_dict().items()}
-    minillava.load_projector(projector, minillava.PROJECTOR_PATH)
-    try:
+    with committed_projector(model):
         accuracy = first_token_accuracy(model, processor, pairs, shapes.ANSWERS)
-    finally:
-        projector.load_state_dict(original)
     assert untrained < SHAPES_FLOOR <= accuracy, (untrained, accuracy, len(pairs))
 
 
 @slow
 @needs_projector
 @pytest.mark.skipif(not easyvqa.available(), reason="easy-vqa is not installed")
-def test_trained_projector_answers_easyvqa(trained):
-    model, processor = trained
+def test_trained_projector_answers_easyvqa(built):
+    model, processor = built
     items = easyvqa.load("test", 12, seed=0, max_questions_per_image=4)
     pairs = [(it.image(), q.question, q.answer) for it in items for q in it.questions]
     assert len(pairs) >= 40
-    accuracy = first_token_accuracy(model, processor, pairs, easyvqa.ANSWERS)
+    with committed_projector(model):
+        accuracy = first_token_accuracy(model, processor, pairs, easyvqa.ANSWERS)
     assert accuracy >= EASYVQA_FLOOR, (accuracy, len(pairs))

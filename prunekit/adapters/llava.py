@@ -55,14 +55,12 @@ class LlavaAdapter(PreLLMAdapter):
 
     def available_signals(self) -> frozenset[str]:
         signals = super().available_signals()
-        if self.before_projector:  # vision-space tokens: no LLM embedding centre
-            signals = signals - {"embedding_mean"}
         if getattr(self.model.config.vision_config, "model_type", "") not in CLS_TOWERS:
             signals = signals - {"cls_attention"}
         return signals
 
     def text_in_token_space(self) -> bool:
-        return not self.before_projector
+        return not self.before_projector  # before the projector: vision-encoder space
 
     def __init__(
         self, model: torch.nn.Module, *, before_projector: bool = False, **options: Any

@@ -103,7 +103,7 @@ class PreLLMAdapter(Adapter):
         self.positions = check_choice("positions", positions, ("contiguous", "original"))
         self.noun_extractor = noun_extractor
         self.required_signals: frozenset[str] = frozenset()
-        #: (table identity, version, device) -> the table's mean row, so that every
+        #: ((table storage, version, device), the table's mean row), so that every
         #: pruned prefill does not re-reduce the whole vocabulary
         self._embedding_mean: tuple[tuple[Any, ...], torch.Tensor] | None = None
         self._generating = False
@@ -170,6 +170,8 @@ class PreLLMAdapter(Adapter):
     def available_signals(self) -> frozenset[str]:
         if self.llm_pruning is not None:  # signals of decoder layer K-1 (see llm_layers)
             return self.llm_pruning.available_signals()
+        if not self.text_in_token_space():  # no LLM embedding centre for these tokens
+            return self.provided_signals
         return self.provided_signals | {"embedding_mean"}
 
     def pruning_point(self) -> str:
@@ -177,7 +179,7 @@ class PreLLMAdapter(Adapter):
 
     def install(self, handle: AttachHandle) -> list[Undo]:
         self.required_signals = handle.required_signals
-        self._warn_if_text_is_missing(handle)
+        self._check_text_conditioning(handle)
         original_forward = self.model.forward
         original_generate = self.model.generate
 
@@ -246,7 +248,9 @@ class PreLLMAdapter(Adapter):
         embeddings can condition them (not so for tokens pruned before the projector)."""
         return True
 
-    def _warn_if_text_is_missing(self, handle: AttachHandle) -> None:
+    def _check_text_conditioning(self, handle: AttachHandle) -> None:
+        """Refuse a text-conditioned pruner where the tokens are not in the prompt's
+        embedding space; warn when it gets no tokenizer to read the prompt with."""
         from prunekit.strategies.relevance.text import TextRelevance
 
         text_conditioned = isinstance(getattr(handle.pruner, "relevance", None), TextRelevance)
@@ -356,7 +360,7 @@ class PreLLMAdapter(Adapter):
         """The mean row of the LLM's input-embedding table (float32), cached until the
         table is replaced or modified in place."""
         table = self.input_embeddings().weight
-        key = (table.data_ptr(), table._version, table.shape, device)
+        key = (table.data_ptr(), table._version, device)
         if self._embedding_mean is None or self._embedding_mean[0] != key:
             mean = table.detach().mean(dim=0, dtype=torch.float32).to(device)
             self._embedding_mean = (key, mean)
