@@ -18,7 +18,8 @@ The contract, on random tokens (and text, and every signal in the pruner's
 
 * each sample keeps :func:`prunekit.num_kept` tokens; indices are unique, ascending,
   padded with :data:`prunekit.PAD_INDEX`, and agree with ``mask``, ``gather``,
-  ``scores`` ``(B, N)`` float32 and merged ``values`` ``(B, K, d)`` when given;
+  ``scores`` ``(B, N)`` float32 (never NaN; finite on kept tokens) and merged
+  ``values`` ``(B, K, d)`` when given;
 * a budget covering every token gives the identity;
 * the selection is deterministic and batch-invariant (a sample's selection does
   not depend on the other samples, nor on their order);
@@ -308,7 +309,8 @@ def _same_selection(a: PruneResult, b: PruneResult, what: str) -> None:
 
 def check_well_formed(result: PruneResult, tokens: torch.Tensor, counts: Sequence[int]) -> None:
     """``result`` keeps ``counts[b]`` tokens of sample ``b`` of ``tokens`` ``(B, N, d)``, as
-    unique ascending indices padded with PAD_INDEX, agreeing with mask, gather, scores and values."""
+    unique ascending indices padded with PAD_INDEX, agreeing with mask, gather, scores (no
+    NaN, finite where kept) and values."""
     b, n, d = tokens.shape
     counts = list(counts)
     k = max(counts)
@@ -346,6 +348,15 @@ def check_well_formed(result: PruneResult, tokens: torch.Tensor, counts: Sequenc
             tuple(result.scores.shape) == (b, n) and result.scores.dtype == torch.float32,
             f"scores must be ({b}, {n}) float32, got {tuple(result.scores.shape)} "
             f"{result.scores.dtype}",
+        )
+        nan = torch.isnan(result.scores)
+        _expect(
+            not nan.any(),
+            f"scores must not be NaN, got NaN at (sample, token) {nan.nonzero().tolist()[:5]}",
+        )
+        _expect(
+            torch.isfinite(result.scores[result.mask]).all(),
+            "scores of kept tokens must be finite",
         )
     if result.values is not None:
         _expect(

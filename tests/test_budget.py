@@ -58,3 +58,22 @@ def test_bad_budget(budget, error, match):
 def test_bad_token_count(n, error):
     with pytest.raises(error, match="n_tokens"):
         num_kept(n, 0.5)
+
+
+@pytest.mark.parametrize("budget", [2**63, 10**30])
+def test_budget_beyond_int64_is_refused_by_name(budget):
+    """Token counts are int64 tensors: a larger budget was an OverflowError (10**30) or a
+    torch RuntimeError (2**63) from deep inside prune; now a ValueError naming the budget."""
+    import torch
+
+    import prunekit
+
+    pruner = prunekit.create_pruner("resprune")
+    with pytest.raises(ValueError, match=r"budget must be at most 2\*\*63 - 1.*budget=1\.0"):
+        pruner.prune(torch.randn(1, 5, 3), budget=budget)
+    with pytest.raises(ValueError, match="budget"):
+        num_kept(10, budget)
+    # the largest int64 is still a budget: it keeps every token, as any budget >= N does
+    assert pruner.prune(torch.randn(1, 5, 3), budget=2**63 - 1).indices.tolist() == [
+        [0, 1, 2, 3, 4]
+    ]

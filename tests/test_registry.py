@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +92,13 @@ PLUGIN_SOURCES = {
         def prunekit_register(registry, extra_argument):
             pass
     """,
+    "pk_typo_plugin.py": """
+        from prunekit import ResPrune, hookimpl
+
+        @hookimpl
+        def prunekit_regster(registry):  # misspelled: pluggy never calls it
+            registry.add_pruner("typo_resprune", ResPrune)
+    """,
 }
 
 ENTRY_POINTS = """
@@ -98,6 +107,7 @@ good = pk_good_plugin
 broken = pk_broken_plugin
 dup = pk_dup_plugin
 badhook = pk_bad_hook_plugin
+typo = pk_typo_plugin
 """
 
 
@@ -130,7 +140,9 @@ def test_entry_point_plugins(plugin_dist):
     assert result.indices.tolist() == [[4, 5], [4, 5]]
 
     # broken ones are reported by name and skipped; the builtins still work
-    assert set(registry.failed_plugins) == {"broken", "dup", "badhook"}
+    assert set(registry.failed_plugins) == {"broken", "dup", "badhook", "typo"}
+    assert "found 'prunekit_regster', a misspelling?" in registry.failed_plugins["typo"]
+    assert any("'typo' was skipped" in m for m in messages)
     assert "needs a package that is not installed" in registry.failed_plugins["broken"]
     assert "'resprune' is already registered by plugin 'builtin'" in registry.failed_plugins["dup"]
     assert any("'broken'" in m for m in messages) and any("'dup'" in m for m in messages)
@@ -154,3 +166,18 @@ def test_registry_parametrized_suite_picks_up_plugins(plugin_dist, monkeypatch):
     assert ("last_tokens", {}) in pruner_cases()  # what the contract suites run over
     assert registered_cases(plugin="good") == [("last_tokens", {})]
     check_pruner("last_tokens", max_examples=10)
+
+
+def test_plugins_guide_shows_the_example_plugin_files_verbatim():
+    """Each ``code-block`` of docs/plugins.rst captioned with a path is that file, whole."""
+    root = Path(__file__).resolve().parents[1]
+    page = (root / "docs" / "plugins.rst").read_text(encoding="utf-8")
+    blocks = re.findall(
+        r"^\.\. code-block:: \w+\n   :caption: (\S+)\n\n((?:   .*\n|\n)+)", page, re.MULTILINE
+    )
+    shown = {path: textwrap.dedent(body).strip("\n") for path, body in blocks}
+    files = ["pyproject.toml", "prunekit_example/__init__.py", "prunekit_example/plugin.py"]
+    files += ["tests/test_example_plugin.py"]
+    assert sorted(shown) == sorted(f"plugins/prunekit-example/{f}" for f in files)
+    for path, body in shown.items():
+        assert body == (root / path).read_text(encoding="utf-8").strip("\n"), f"{path} differs"

@@ -133,9 +133,20 @@ class Unseeded(TokenPruner):
         return Picks(order=_top(scores, inputs.token_mask, num_keep))
 
 
+class NaNScores(TokenPruner):
+    """Picks well, but reports a NaN score (e.g. a 0 / 0 normalisation) for the last token."""
+
+    def select(self, inputs, num_keep):
+        scores = inputs.tokens[..., 0].clone()
+        order = _top(scores, inputs.token_mask, num_keep)
+        scores[:, -1] = float("nan")
+        return Picks(order=order, scores=scores)
+
+
 @pytest.mark.parametrize(
     "broken, check",
     [
+        (NaNScores, "kept count, budget=1"),
         (BatchDependent, "batch invariance"),
         (ReadsPaddedSignal, "ragged masks, budget=5"),
         (IgnoresTextMask, "masked text rows"),

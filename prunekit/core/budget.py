@@ -13,6 +13,8 @@ import numbers
 
 #: a budget: ``int`` tokens kept per sample, or ``float`` fraction kept in (0, 1]
 Budget = int | float
+#: the largest int budget: token counts are int64 tensors
+MAX_INT_BUDGET = 2**63 - 1
 
 
 def check_budget(budget: object) -> Budget:
@@ -20,7 +22,8 @@ def check_budget(budget: object) -> Budget:
 
     Raises:
         TypeError: ``budget`` is not a real number (``bool`` is rejected too).
-        ValueError: an int below 1, or a float outside (0, 1] (NaN included).
+        ValueError: an int below 1 or above :data:`MAX_INT_BUDGET`, or a float outside
+            (0, 1] (NaN included).
     """
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real):
         raise TypeError(
@@ -30,6 +33,11 @@ def check_budget(budget: object) -> Budget:
     if isinstance(budget, numbers.Integral):
         if budget < 1:
             raise ValueError(f"budget must keep at least 1 token, got int budget {budget}")
+        if budget > MAX_INT_BUDGET:
+            raise ValueError(
+                f"an int budget must be at most 2**63 - 1 tokens (token counts are int64), "
+                f"got {budget}; budget=1.0 keeps every token"
+            )
         return int(budget)
     value = float(budget)
     if not (0.0 < value <= 1.0):  # also rejects NaN

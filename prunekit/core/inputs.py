@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prunekit.core.signals import SIGNALS
+from prunekit.core.signals import SIGNALS, SignalSpec
 
 
 @dataclass(frozen=True)
@@ -116,15 +116,25 @@ def validate_inputs(
 ) -> PruneInputs:
     """Check the arguments of :meth:`TokenPruner.prune` and normalise them.
 
-    Tokens and text are cast to :func:`compute_dtype` (at least float32); masks
-    are materialised. Values of padded rows are not checked.
+    Tokens, text and float signals are cast to :func:`compute_dtype` (at least
+    float32); masks are materialised. Values of padded rows are not checked.
+    ``text_embeds`` with zero rows (``M = 0``) means no text, exactly as
+    ``text_embeds=None``: text-conditioned pruners fall back to their no-text
+    behaviour (uniform text relevance).
+
+    Every signal named in :data:`prunekit.core.signals.SIGNALS` is checked against
+    its :class:`~prunekit.core.signals.SignalSpec`: its rank and axis sizes (``B``,
+    ``N`` and ``d`` from the tokens, other axis names shared between the signals),
+    its dtype kind and, for float signals, finite values at the real tokens.
+    Signals not in the table are only checked for their batch axis and device.
 
     Raises:
-        TypeError: a non-tensor, a non-float tensor or a non-bool mask.
-        ValueError: wrong dimensions or shapes, mismatched devices, an empty
-            token set (including a sample whose ``token_mask`` is all ``False``),
-            NaN or Inf values, a ``text_mask`` without ``text_embeds``, or a
-            signal whose first dimension is not the batch.
+        TypeError: a non-tensor, a non-float tensor, a non-bool mask, or a signal
+            of the wrong dtype kind (e.g. a float ``llm_text_mask``).
+        ValueError: wrong dimensions or shapes (of a signal too), mismatched
+            devices, an empty token set (including a sample whose ``token_mask``
+            is all ``False``), NaN or Inf values (in tokens, text or a float
+            signal), or a ``text_mask`` without ``text_embeds``.
     """
     tokens = _check_tensor("tokens", tokens)
     if tokens.dim() != 3:
@@ -173,6 +183,8 @@ def validate_inputs(
             text_valid = _check_bool_mask("text_mask", text_mask, tuple(text.shape[:2]), device)
         _check_finite("text_embeds", text, text_valid)
         text = text.to(dtype)
+        if text.shape[1] == 0:  # no text row: the same as no text at all
+            text = text_valid = None
 
     checked_signals: dict[str, torch.Tensor] = {}
     if signals is not None:
@@ -180,26 +192,28 @@ def validate_inputs(
             raise TypeError(
                 f"signals must be a mapping of names to tensors, got {type(signals).__name__}"
             )
+        sizes = {"B": batch, "N": n, "d": dim}  # axis name -> size, filled as signals come
+        seen = {"B": "tokens", "N": "tokens", "d": "tokens"}
         for name, value in signals.items():
-            value = _check_tensor(f"signals[{name!r}]", value)
+            label = f"signals[{name!r}]"
+            value = _check_tensor(label, value)
             if value.dim() == 0 or value.shape[0] != batch:
                 raise ValueError(
-                    f"signals[{name!r}] must have the batch size {batch} as first dimension, "
+                    f"{label} must have the batch size {batch} as first dimension, "
                     f"got shape {tuple(value.shape)}"
                 )
             if value.device != device:
-                raise ValueError(
-                    f"signals[{name!r}] is on {value.device} but tokens are on {device}"
-                )
+                raise ValueError(f"{label} is on {value.device} but tokens are on {device}")
             spec = SIGNALS.get(name)
-            if spec is not None and spec.token_axis is not None:
-                axis = spec.token_axis
-                if not -value.dim() <= axis < value.dim() or value.shape[axis] != n:
-                    raise ValueError(
-                        f"signals[{name!r}] must have shape {spec.shape} with N = {n} tokens, "
-                        f"got {tuple(value.shape)}"
-                    )
-            checked_signals[name] = value.to(dtype) if value.is_floating_point() else value
+            if spec is None:  # not in the table: nothing more is known about it
+                checked_signals[name] = value.to(dtype) if value.is_floating_point() else value
+                continue
+            _check_signal_shape(label, spec, value, sizes, seen)
+            _check_signal_kind(label, spec, value)
+            if spec.kind == "float":
+                value = value.to(dtype)
+                _check_signal_finite(label, spec, value, valid)
+            checked_signals[name] = value
 
     return PruneInputs(
         tokens=tokens.to(dtype),
@@ -208,3 +222,70 @@ def validate_inputs(
         text_mask=text_valid,
         signals=checked_signals,
     )
+
+
+def _check_signal_shape(
+    label: str,
+    spec: SignalSpec,
+    value: torch.Tensor,
+    sizes: dict[str, int],
+    seen: dict[str, str],
+) -> None:
+    """Check ``value`` against ``spec.shape``: its rank, then every axis size. Named axes
+    are bound on first sight (``B``, ``N``, ``d`` by the tokens), so two signals that
+    share an axis name must agree on its size."""
+    axes = spec.axes
+    got = tuple(value.shape)
+    if value.dim() != len(axes):
+        raise ValueError(
+            f"{label} must have shape {spec.shape}, a {len(axes)}-D tensor, got shape {got}"
+        )
+    for axis, size in zip(axes, got):
+        expected = int(axis) if axis.isdigit() else sizes.get(axis)
+        if expected is None:
+            sizes[axis], seen[axis] = size, label
+        elif size != expected:
+            source = "fixed" if axis.isdigit() else f"from {seen[axis]}"
+            raise ValueError(
+                f"{label} must have shape {spec.shape} with {axis} = {expected} ({source}), "
+                f"got shape {got}"
+            )
+
+
+def _check_signal_kind(label: str, spec: SignalSpec, value: torch.Tensor) -> None:
+    """Check ``value``'s dtype against ``spec.kind``."""
+    if spec.kind == "float":
+        ok = value.is_floating_point()
+    elif spec.kind == "bool":
+        ok = value.dtype == torch.bool
+    else:
+        ok = not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    if not ok:
+        kinds = {"float": "a floating-point", "bool": "a bool", "integer": "an integer"}
+        raise TypeError(f"{label} must be {kinds[spec.kind]} tensor, got dtype {value.dtype}")
+
+
+def _check_signal_finite(
+    label: str, spec: SignalSpec, value: torch.Tensor, valid: torch.Tensor
+) -> None:
+    """Raise if a float signal holds NaN or Inf, except at padded tokens.
+
+    One ``isfinite().all()`` clears almost every input; only a signal that fails it is
+    looked at per token, so values at padded positions (``valid`` False) are ignored
+    like padded tokens are (adapters pad with zeros, but callers may leave anything).
+    """
+    finite = torch.isfinite(value)
+    if bool(finite.all()):
+        return
+    where = "at index"
+    if spec.token_axis is None:
+        bad = ~finite
+    else:
+        moved = finite.movedim(spec.token_axis, 1)
+        per_token = moved.reshape(*valid.shape, -1).all(dim=2)  # (B, N)
+        bad = ~per_token & valid
+        if not bool(bad.any()):
+            return
+        where = "at (sample, token)"
+    first = tuple(int(i) for i in bad.nonzero()[0])
+    raise ValueError(f"{label} contains NaN or Inf values (first {where} {first})")

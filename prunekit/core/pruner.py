@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from prunekit.core.budget import Budget, check_budget
+from prunekit.core.errors import check_fields
 from prunekit.core.inputs import PruneInputs, validate_inputs
 from prunekit.core.result import PAD_INDEX, PruneResult
 
@@ -64,10 +65,26 @@ def _sorted_indices(
 class TokenPruner(abc.ABC):
     """Base class of every pruner: ``prune`` is the public entry point.
 
-    Subclasses set :attr:`name` (informational; the registry key is what users
-    type) and implement :meth:`select`.
+    A subclass is a ``@dataclass`` whose fields are its hyperparameters, sets
+    :attr:`name` (the registry key: ``registry.add_pruner(MyPruner)``) and
+    implements :meth:`select`::
+
+        @dataclass
+        class MyPruner(TokenPruner):
+            name = "my_pruner"          # no annotation: a class constant, not a field
+            alpha: float = 1.0
+
+            def __post_init__(self):
+                super().__post_init__()  # checks each field against its annotation
+                if self.alpha < 0:
+                    raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+
+    The dataclass gives the readable ``repr`` recorded in run records, the
+    parameters of the generated config schema, and (through :meth:`__post_init__`)
+    a ``TypeError`` naming the field for a value of the wrong type.
     """
 
+    #: the registry key users type (``create_pruner("resprune")``)
     name: ClassVar[str] = ""
     #: names of the model signals :meth:`select` reads from ``inputs.signals``
     #: (e.g. ``"cls_attention"``); adapters provide them, ``prune`` checks them.
@@ -75,6 +92,18 @@ class TokenPruner(abc.ABC):
     #: pruning points this method is defined for (``"pre_llm"``, ``"pre_projector"``,
     #: ``"in_llm"``, ``"in_encoder"``); ``None``: any. ``attach`` refuses others.
     pruning_points: ClassVar[frozenset[str] | None] = None
+
+    def __post_init__(self) -> None:
+        """Check every field against its annotation (see :func:`prunekit.core.errors.check_type`).
+
+        A subclass adding value checks (ranges, shapes) calls ``super().__post_init__()`` first.
+        """
+        check_fields(self)
+
+    def __repr__(self) -> str:
+        # dataclass subclasses get their own; this covers pruners written with a plain __init__
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
 
     def prune(
         self,
@@ -128,6 +157,12 @@ class TokenPruner(abc.ABC):
 
         num_keep = int(counts.max())
         picks = self.select(dataclasses.replace(inputs, keep_counts=counts), num_keep)
+        if not isinstance(picks, Picks) or not isinstance(picks.order, torch.Tensor):
+            got = type(picks.order if isinstance(picks, Picks) else picks).__name__
+            raise TypeError(
+                f"{type(self).__name__}.select must return prunekit.Picks(order=...) with a "
+                f"({inputs.batch_size}, {num_keep}) int64 tensor as order, got {got}"
+            )
         order = picks.order
         if order.shape != (inputs.batch_size, num_keep) or order.dtype != torch.int64:
             raise RuntimeError(

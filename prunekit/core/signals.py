@@ -3,10 +3,16 @@
 Adapters compute the signals a pruner declares in
 :attr:`prunekit.TokenPruner.required_signals` and pass them to
 :meth:`~prunekit.TokenPruner.prune` as ``signals={name: tensor}``. This table
-documents each signal's shape and which axis runs over the ``N`` tokens being
-pruned (``None``: not per token), so adapters can pad ragged batches along it
-and :func:`prunekit.core.inputs.validate_inputs` can check it. Plugins add
-their own with :func:`register_signal`.
+declares, once, each signal's shape (named axes), its dtype kind and which axis
+runs over the ``N`` tokens being pruned (``None``: not per token), so adapters
+can pad ragged batches along it and :func:`prunekit.core.inputs.validate_inputs`
+checks every signal against it (rank, sizes, dtype, finite values) before any
+pruner reads it. Plugins add their own with :func:`register_signal`.
+
+Axis names in a shape: ``B`` is the batch, ``N`` the tokens being pruned, ``d``
+the tokens' feature size; any other name (``H``, ``d_head``, ``T``, ``D``) stands
+for one size shared by every signal of a ``prune`` call that uses the name (e.g.
+``llm_text_keys`` and ``llm_text_mask`` agree on ``T``); an integer is a fixed size.
 """
 
 from __future__ import annotations
@@ -20,17 +26,63 @@ import torch
 ExampleFactory = Callable[[int, int, int, torch.Generator], torch.Tensor]
 
 
+#: dtype kinds a signal may declare
+SIGNAL_KINDS = ("float", "bool", "integer")
+
+
 @dataclass(frozen=True)
 class SignalSpec:
-    """One signal: its name, shape documentation, token axis (``None`` if not per token),
-    and a factory of plausible random examples, used by :mod:`prunekit.testing` to run
-    the registry-wide contract tests on pruners that need the signal."""
+    """One signal: its name, shape, token axis (``None`` if not per token), description,
+    a factory of plausible random examples (used by :mod:`prunekit.testing` to run the
+    registry-wide contract tests on pruners that need the signal) and its dtype kind.
+
+    ``shape`` is the declaration the inputs are checked against: ``"(B, H, N)"``, a
+    parenthesised list of axis names (identifiers) or fixed sizes, ``B`` first; the
+    token axis, if any, must be named ``N``. ``kind`` is ``"float"`` (any floating
+    dtype, cast to the compute dtype and required finite), ``"bool"`` or ``"integer"``.
+    """
 
     name: str
     shape: str
     token_axis: int | None
     description: str
     example: ExampleFactory | None = field(default=None, compare=False)
+    kind: str = "float"
+
+    def __post_init__(self) -> None:
+        axes = self.axes
+        if not axes or axes[0] != "B":
+            raise ValueError(
+                f"signal {self.name!r}: shape {self.shape!r} must list the batch axis B first"
+            )
+        if self.token_axis is not None and (
+            not -len(axes) <= self.token_axis < len(axes) or axes[self.token_axis] != "N"
+        ):
+            raise ValueError(
+                f"signal {self.name!r}: token_axis {self.token_axis} must point at the axis N "
+                f"of its shape {self.shape}"
+            )
+        if self.kind not in SIGNAL_KINDS:
+            raise ValueError(
+                f"signal {self.name!r}: kind must be one of {SIGNAL_KINDS}, got {self.kind!r}"
+            )
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The axis names of :attr:`shape`: ``"(B, H, N)"`` gives ``("B", "H", "N")``."""
+        text = self.shape.strip()
+        if not (text.startswith("(") and text.endswith(")")):
+            raise ValueError(
+                f"signal {self.name!r}: shape must be like '(B, H, N)', got {self.shape!r}"
+            )
+        axes = tuple(axis.strip() for axis in text[1:-1].split(","))
+        for axis in axes:
+            if not (axis.isidentifier() or axis.isdigit()):
+                raise ValueError(
+                    f"signal {self.name!r}: shape {self.shape!r} has the axis {axis!r}, "
+                    "which is neither a name nor a size"
+                )
+        return axes
 
 
 def _attention_example(batch: int, n: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -175,6 +227,7 @@ for _spec in (
         1,
         "int64 position of each image token among the prompt's real tokens (0 = first)",
         _llm_image_positions_example,
+        kind="integer",
     ),
     SignalSpec(
         "llm_text_keys",
@@ -197,6 +250,7 @@ for _spec in (
         None,
         "bool, True for the real rows of the llm_text_* signals",
         _llm_text_mask_example,
+        kind="bool",
     ),
     SignalSpec(
         "embedding_mean",
@@ -212,6 +266,7 @@ for _spec in (
         None,
         "int64 position of each text token among the prompt's real tokens",
         _llm_text_positions_example,
+        kind="integer",
     ),
 ):
     register_signal(_spec)

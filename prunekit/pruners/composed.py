@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prunekit.core.inputs import PruneInputs
@@ -12,6 +13,10 @@ from prunekit.strategies.selection.base import SelectionStrategy
 
 #: a strategy given by registered name, by ``{"name": ..., **params}`` or as an object
 StrategySpec = str | Mapping[str, Any] | RelevanceStrategy | SelectionStrategy
+#: :data:`StrategySpec` for the relevance slot (a selection object is refused by name)
+RelevanceSpec = str | Mapping[str, Any] | RelevanceStrategy
+#: :data:`StrategySpec` for the selection slot
+SelectionSpec = str | Mapping[str, Any] | SelectionStrategy
 
 
 def build_strategy(kind: str, spec: StrategySpec, base: type) -> Any:
@@ -35,12 +40,14 @@ def build_strategy(kind: str, spec: StrategySpec, base: type) -> Any:
     )
 
 
+@dataclass
 class ComposedPruner(TokenPruner):
     """Weights from a relevance strategy, then picks from a selection strategy.
 
     Args:
         relevance: a :class:`RelevanceStrategy`, a registered name (``"none"``,
-            ``"text"``, ...) or a mapping such as ``{"name": "text", "alpha": 2.0}``.
+            ``"text"``, ...) or a mapping such as ``{"name": "text", "alpha": 2.0}``;
+            built into a strategy object at construction.
         selection: the same for a :class:`SelectionStrategy` (``"greedy_residual"``,
             ``"topk"``, ``"random"``, ...).
 
@@ -49,21 +56,16 @@ class ComposedPruner(TokenPruner):
 
     name = "composed"
 
-    def __init__(
-        self, relevance: StrategySpec = "none", selection: StrategySpec = "greedy_residual"
-    ) -> None:
-        self.relevance: RelevanceStrategy = build_strategy(
-            "relevance", relevance, RelevanceStrategy
-        )
-        self.selection: SelectionStrategy = build_strategy(
-            "selection", selection, SelectionStrategy
-        )
+    relevance: RelevanceSpec = "none"
+    selection: SelectionSpec = "greedy_residual"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.relevance = build_strategy("relevance", self.relevance, RelevanceStrategy)
+        self.selection = build_strategy("selection", self.selection, SelectionStrategy)
         self.required_signals = self.relevance.required_signals | self.selection.required_signals
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         weights = self.relevance.weights(inputs)
         order = self.selection.select(inputs, weights, num_keep)
         return Picks(order=order, scores=weights)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(relevance={self.relevance!r}, selection={self.selection!r})"

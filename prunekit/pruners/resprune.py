@@ -10,8 +10,11 @@ weights are 1: pure residual-energy selection.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from prunekit.core.errors import check_fields
 from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.text import Aggregation, TextRelevance
 from prunekit.strategies.selection.greedy_residual import (
@@ -21,6 +24,7 @@ from prunekit.strategies.selection.greedy_residual import (
 )
 
 
+@dataclass
 class ResPrune(ComposedPruner):
     """ResPrune with the paper's defaults.
 
@@ -34,23 +38,28 @@ class ResPrune(ComposedPruner):
         rank_tol: relative residual treated as zero (``None``: by dtype).
         method: ``"auto"``, ``"gram"`` or ``"rows"`` (see :func:`greedy_residual_order`).
         max_gram_bytes: memory bound above which ``"auto"`` avoids the ``N x N`` Gram matrix.
+
+    ``relevance`` and ``selection`` are built from these (not constructor arguments).
     """
 
     name = "resprune"
 
-    def __init__(
-        self,
-        alpha: float = 1.0,
-        aggregation: Aggregation = "max",
-        center: torch.Tensor | str | None = None,
-        eps: float = 1e-6,
-        rank_tol: float | None = None,
-        method: GramMethod = "auto",
-        max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
-    ) -> None:
-        super().__init__(
-            relevance=TextRelevance(aggregation=aggregation, alpha=alpha, center=center, eps=eps),
-            selection=GreedyResidualSelection(
-                rank_tol=rank_tol, method=method, max_gram_bytes=max_gram_bytes
-            ),
+    alpha: float = 1.0
+    aggregation: Aggregation = "max"
+    center: torch.Tensor | str | None = None
+    eps: float = 1e-6
+    rank_tol: float | None = None
+    method: GramMethod = "auto"
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
+    relevance: TextRelevance = field(init=False, repr=False)
+    selection: GreedyResidualSelection = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # errors name ResPrune's own fields, before the strategies are built
+        self.relevance = TextRelevance(
+            aggregation=self.aggregation, alpha=self.alpha, center=self.center, eps=self.eps
         )
+        self.selection = GreedyResidualSelection(
+            rank_tol=self.rank_tol, method=self.method, max_gram_bytes=self.max_gram_bytes
+        )
+        super().__post_init__()

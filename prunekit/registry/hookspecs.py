@@ -12,7 +12,10 @@ and the module registers its components::
 
     @hookimpl
     def prunekit_register(registry):
-        registry.add("pruner", "my_pruner", MyPruner)
+        registry.add_pruner(MyPruner)      # under MyPruner.name
+
+A module announced in the group that registers nothing (a misspelled hook name,
+a hook without ``@hookimpl``) is reported with a ``PluginLoadWarning``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def prunekit_register(registry: Registry) -> None:
-    """Add this plugin's components with ``registry.add(kind, name, factory)``.
+    """Add this plugin's components with ``registry.add(kind, factory)`` (the key is
+    ``factory.name``) or ``registry.add(kind, name, factory)``; ``add_pruner(factory)``
+    and the other ``add_<kind>`` methods are shorthands.
 
     ``kind`` is one of ``"pruner"``, ``"relevance"``, ``"selection"``,
     ``"noun_extractor"``, ``"adapter"``. A name already taken raises ``ValueError``; the

@@ -34,7 +34,11 @@ KINDS = ("pruner", "relevance", "selection", "noun_extractor", "adapter")
 
 
 class PluginLoadWarning(UserWarning):
-    """A plugin could not be imported or registered; it was skipped."""
+    """A plugin could not be imported or registered (or registered nothing); it was skipped."""
+
+
+#: ``add(kind, name, factory)``'s second argument: a name, or a class carrying its ``name``
+NameOrFactory = str | Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,12 @@ class ComponentSpec:
 
         A class whose ``__init__`` passes ``**kwargs`` on to its base classes also
         lists the parameters of the bases' ``__init__`` (e.g. an adapter's inherited options).
+        A dataclass's parameters are its ``__init__`` fields (its hyperparameters).
         """
+        return self._signature()[0]
+
+    def _signature(self) -> tuple[dict[str, Any], bool]:
+        """:meth:`parameters`, and whether the factory also takes keywords it does not name."""
         targets = [self.factory]
         if inspect.isclass(self.factory):
             targets = [c.__init__ for c in self.factory.__mro__ if "__init__" in vars(c)]
@@ -66,13 +75,28 @@ class ComponentSpec:
             try:
                 signature = inspect.signature(target)
             except (TypeError, ValueError):
-                break
+                return out, True
             for name, p in signature.parameters.items():
                 if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
                     out.setdefault(name, p.default)
             if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-                break
-        return out
+                return out, False
+        return out, True
+
+    def check_arguments(self, kwargs: Iterable[str]) -> None:
+        """Raise ``TypeError`` for a keyword the factory does not take, with a suggestion.
+
+        ``create_pruner("resprune", alpah=1)`` says: did you mean 'alpha'?
+        """
+        known, open_ended = self._signature()
+        if open_ended:
+            return
+        for key in kwargs:
+            if key not in known:
+                raise TypeError(
+                    f"{self.kind} {self.name!r} has no parameter {key!r}."
+                    f"{did_you_mean(key, known)} Its parameters: {list(known)}"
+                )
 
 
 class _Staging:
@@ -83,26 +107,52 @@ class _Staging:
         self._plugin = plugin
         self.added: list[ComponentSpec] = []
 
-    def add(self, kind: str, name: str, factory: Callable[..., Any]) -> None:
+    def add(
+        self, kind: str, name: NameOrFactory, factory: Callable[..., Any] | None = None
+    ) -> None:
+        """Add a component: ``add(kind, MyClass)`` (the key is ``MyClass.name``) or
+        ``add(kind, "name", factory)``."""
+        name, factory = _name_and_factory(kind, name, factory)
         spec = self._registry._make_spec(kind, name, factory, self._plugin)
         if any(s.kind == kind and s.name == name for s in self.added):
             raise ValueError(f"plugin {self._plugin!r} registers {kind} {name!r} twice")
         self.added.append(spec)
 
-    def add_pruner(self, name: str, factory: Callable[..., Any]) -> None:
+    def add_pruner(self, name: NameOrFactory, factory: Callable[..., Any] | None = None) -> None:
+        """``add_pruner(MyPruner)`` registers it under ``MyPruner.name``."""
         self.add("pruner", name, factory)
 
-    def add_relevance(self, name: str, factory: Callable[..., Any]) -> None:
+    def add_relevance(self, name: NameOrFactory, factory: Callable[..., Any] | None = None) -> None:
         self.add("relevance", name, factory)
 
-    def add_selection(self, name: str, factory: Callable[..., Any]) -> None:
+    def add_selection(self, name: NameOrFactory, factory: Callable[..., Any] | None = None) -> None:
         self.add("selection", name, factory)
 
-    def add_noun_extractor(self, name: str, factory: Callable[..., Any]) -> None:
+    def add_noun_extractor(
+        self, name: NameOrFactory, factory: Callable[..., Any] | None = None
+    ) -> None:
         self.add("noun_extractor", name, factory)
 
-    def add_adapter(self, name: str, factory: Callable[..., Any]) -> None:
+    def add_adapter(self, name: NameOrFactory, factory: Callable[..., Any] | None = None) -> None:
         self.add("adapter", name, factory)
+
+
+def _name_and_factory(
+    kind: str, name: NameOrFactory, factory: Callable[..., Any] | None
+) -> tuple[str, Callable[..., Any]]:
+    """``(name, factory)`` from ``add(kind, name, factory)`` or ``add(kind, factory)``;
+    in the second form the name is the factory's ``name`` attribute."""
+    if factory is not None:
+        return name, factory
+    factory = name
+    key = getattr(factory, "name", None)
+    if not isinstance(key, str) or not key:
+        raise TypeError(
+            f"add({kind!r}, factory) takes the registry key from factory.name, but "
+            f"{getattr(factory, '__name__', factory)!r} has no non-empty str `name`; set "
+            f'`name = "..."` on the class or pass it: add({kind!r}, "my_name", factory)'
+        )
+    return key, factory
 
 
 class Registry:
@@ -149,9 +199,16 @@ class Registry:
             self._report(name, f"{type(exc).__name__}: {exc}")
             return False
         staging = _Staging(self, name)
-        for impl in self.plugin_manager.hook.prunekit_register.get_hookimpls():
-            if impl.plugin is not plugin:
-                continue
+        impls = [
+            impl
+            for impl in self.plugin_manager.hook.prunekit_register.get_hookimpls()
+            if impl.plugin is plugin
+        ]
+        if not impls:
+            self.plugin_manager.unregister(plugin)
+            self._report(name, _no_hook_message(plugin))
+            return False
+        for impl in impls:
             try:
                 impl.function(registry=staging)
                 for spec in staging.added:
@@ -160,6 +217,10 @@ class Registry:
                 self.plugin_manager.unregister(plugin)
                 self._report(name, f"{type(exc).__name__}: {exc}")
                 return False
+        if not staging.added:
+            self.plugin_manager.unregister(plugin)
+            self._report(name, "its prunekit_register hook registered no component")
+            return False
         for spec in staging.added:
             self._specs[spec.kind][spec.name] = spec
         return True
@@ -194,9 +255,17 @@ class Registry:
             )
 
     def add(
-        self, kind: str, name: str, factory: Callable[..., Any], *, plugin: str = "__main__"
+        self,
+        kind: str,
+        name: NameOrFactory,
+        factory: Callable[..., Any] | None = None,
+        *,
+        plugin: str = "__main__",
     ) -> None:
-        """Register one component directly (outside any plugin). Duplicate names raise ``ValueError``."""
+        """Register one component directly (outside any plugin): ``add(kind, MyClass)``
+        (the key is ``MyClass.name``) or ``add(kind, "name", factory)``.
+        Duplicate names raise ``ValueError``."""
+        name, factory = _name_and_factory(kind, name, factory)
         spec = self._make_spec(kind, name, factory, plugin)
         self._check_free(spec)
         self._specs[kind][name] = spec
@@ -230,8 +299,14 @@ class Registry:
         return [self._specs[kind][n] for n in self.names(kind, pattern)]
 
     def create(self, kind: str, name: str, **kwargs: Any) -> Any:
-        """Build the component ``name`` of ``kind`` with ``kwargs``."""
-        return self.spec(kind, name).factory(**kwargs)
+        """Build the component ``name`` of ``kind`` with ``kwargs``.
+
+        A keyword the factory does not take raises ``TypeError`` with a suggestion;
+        a dataclass component checks its values' types itself.
+        """
+        spec = self.spec(kind, name)
+        spec.check_arguments(kwargs)
+        return spec.factory(**kwargs)
 
     def __contains__(self, item: tuple[str, str]) -> bool:
         kind, name = item
@@ -240,6 +315,16 @@ class Registry:
     def kinds(self) -> Iterable[str]:
         """The component kinds (:data:`KINDS`)."""
         return KINDS
+
+
+def _no_hook_message(plugin: object) -> str:
+    """Why ``plugin`` registered nothing: no ``prunekit_register`` hook implementation."""
+    hook = hookspecs.prunekit_register.__name__
+    close = [n for n in dir(plugin) if did_you_mean(n, [hook]) and n != hook]
+    if callable(getattr(plugin, hook, None)):
+        return f"its {hook} function is not marked @prunekit.hookimpl, so it registers nothing"
+    found = f"; found {close[0]!r}, a misspelling?" if close else ""
+    return f"it defines no @hookimpl {hook}(registry) function, so it registers nothing{found}"
 
 
 _DEFAULT: Registry | None = None

@@ -15,12 +15,12 @@ https://github.com/Theia-4869/CDPruner).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from prunekit.core.errors import check_choice
+from prunekit.core.errors import check_choice, check_fields
 from prunekit.core.inputs import PruneInputs
 from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.base import RelevanceStrategy
@@ -119,6 +119,7 @@ class DPPSelection(SelectionStrategy):
     name = "dpp"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_dpp_options(self.rank_tol, self.tie_rtol, self.method, self.max_gram_bytes)
 
     def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
@@ -189,8 +190,7 @@ class CDPrunerRelevance(RelevanceStrategy):
     name = "cdpruner"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.negate, bool):
-            raise TypeError(f"negate must be a bool, got {type(self.negate).__name__}")
+        super().__post_init__()  # types, from the annotations
         if self.theta is not None and not (0 <= self.theta < 1):
             raise ValueError(f"theta must be None or in [0, 1), got {self.theta}")
         if not (self.offset >= 0 and math.isfinite(self.offset)):
@@ -231,6 +231,7 @@ class CDPrunerRelevance(RelevanceStrategy):
         return q.masked_fill(~valid, 0.0)
 
 
+@dataclass
 class CDPruner(ComposedPruner):
     """CDPruner: greedy MAP of an instruction-conditioned DPP over the visual tokens.
 
@@ -279,24 +280,28 @@ class CDPruner(ComposedPruner):
 
     name = "cdpruner"
 
-    def __init__(
-        self,
-        negate: bool = True,
-        theta: float | None = None,
-        rank_tol: float | None = None,
-        tie_rtol: float = 1e-5,
-        method: GramMethod = "auto",
-        max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
-    ) -> None:
-        super().__init__(
-            relevance=CDPrunerRelevance(negate=negate, theta=theta),
-            selection=DPPSelection(
-                rank_tol=rank_tol, tie_rtol=tie_rtol, method=method, max_gram_bytes=max_gram_bytes
-            ),
+    negate: bool = True
+    theta: float | None = None
+    rank_tol: float | None = None
+    tie_rtol: float = 1e-5
+    method: GramMethod = "auto"
+    max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
+    relevance: CDPrunerRelevance = field(init=False, repr=False)
+    selection: DPPSelection = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # errors name CDPruner's fields, before the strategies are built
+        self.relevance = CDPrunerRelevance(negate=self.negate, theta=self.theta)
+        self.selection = DPPSelection(
+            rank_tol=self.rank_tol,
+            tie_rtol=self.tie_rtol,
+            method=self.method,
+            max_gram_bytes=self.max_gram_bytes,
         )
+        super().__post_init__()
 
 
 def register(registry) -> None:
-    registry.add_pruner("cdpruner", CDPruner)
-    registry.add_selection("dpp", DPPSelection)
-    registry.add_relevance("cdpruner", CDPrunerRelevance)
+    registry.add_pruner(CDPruner)
+    registry.add_selection(DPPSelection)
+    registry.add_relevance(CDPrunerRelevance)

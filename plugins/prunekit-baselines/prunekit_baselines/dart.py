@@ -8,11 +8,11 @@ least similar to them, so the kept set covers the image with little duplication.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 
-from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
 from prunekit.core.pruner import Picks, TokenPruner
 
@@ -104,6 +104,7 @@ def _set_visit_order(positions: torch.Tensor, active: torch.Tensor) -> torch.Ten
     return torch.tensor(rows, dtype=torch.int64, device=positions.device)
 
 
+@dataclass
 class DART(TokenPruner):
     """DART: duplication-aware pruning with key-norm pivots, inside the language model.
 
@@ -176,29 +177,24 @@ class DART(TokenPruner):
     name = "dart"
     pruning_points: ClassVar[frozenset[str] | None] = frozenset({"in_llm"})
 
-    def __init__(
-        self,
-        pivot_image_tokens: int = 4,
-        pivot_text_tokens: int = 4,
-        pivot_order: PivotOrder = "set",
-    ) -> None:
+    pivot_image_tokens: int = 4
+    pivot_text_tokens: int = 4
+    pivot_order: PivotOrder = "set"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # types and pivot_order's choices, from the annotations
         for label, value, low in (
-            ("pivot_image_tokens", pivot_image_tokens, 1),
-            ("pivot_text_tokens", pivot_text_tokens, 0),
+            ("pivot_image_tokens", self.pivot_image_tokens, 1),
+            ("pivot_text_tokens", self.pivot_text_tokens, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{label} must be an int, got {type(value).__name__}")
             if value < low:
                 raise ValueError(f"{label} must be >= {low}, got {value}")
-        self.pivot_image_tokens = pivot_image_tokens
-        self.pivot_text_tokens = pivot_text_tokens
-        self.pivot_order = check_choice("pivot_order", pivot_order, PIVOT_ORDERS)
         required = {IMAGE_KEYS, IMAGE_HIDDEN}
-        if pivot_text_tokens:
+        if self.pivot_text_tokens:
             required |= {TEXT_KEYS, TEXT_HIDDEN, TEXT_MASK}
         if self.pivot_order == "set":
             required.add(IMAGE_POSITIONS)
-            if pivot_text_tokens:
+            if self.pivot_text_tokens:
                 required.add(TEXT_POSITIONS)
         self.required_signals = frozenset(required)
 
@@ -266,12 +262,6 @@ class DART(TokenPruner):
         order = torch.sort((~picked).to(torch.uint8), dim=1, stable=True).indices[:, :num_keep]
         return Picks(order=order)
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(pivot_image_tokens={self.pivot_image_tokens}, "
-            f"pivot_text_tokens={self.pivot_text_tokens}, pivot_order={self.pivot_order!r})"
-        )
-
 
 def register(registry) -> None:
-    registry.add_pruner("dart", DART)
+    registry.add_pruner(DART)

@@ -147,6 +147,7 @@ class MaxMinSelection(SelectionStrategy):
     name = "maxmin"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_tie_atol(self.tie_atol)
 
     def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
@@ -155,6 +156,7 @@ class MaxMinSelection(SelectionStrategy):
         )
 
 
+@dataclass
 class DivPrune(TokenPruner):
     """DivPrune: keep a maximally diverse subset (greedy max-min cosine distance).
 
@@ -198,9 +200,11 @@ class DivPrune(TokenPruner):
 
     name = "divprune"
 
-    def __init__(self, tie_atol: float = 1e-5) -> None:
-        _check_tie_atol(tie_atol)
-        self.tie_atol = tie_atol
+    tie_atol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_tie_atol(self.tie_atol)
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         weights = torch.ones_like(inputs.tokens[..., 0])
@@ -208,10 +212,7 @@ class DivPrune(TokenPruner):
         scores = nearest.masked_fill(~inputs.token_mask, 0.0).clamp_max(2.0)
         return Picks(order=order, scores=scores)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(tie_atol={self.tie_atol})"
-
 
 def register(registry) -> None:
-    registry.add_pruner("divprune", DivPrune)
-    registry.add_selection("maxmin", MaxMinSelection)
+    registry.add_pruner(DivPrune)
+    registry.add_selection(MaxMinSelection)

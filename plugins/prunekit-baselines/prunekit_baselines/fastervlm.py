@@ -8,20 +8,19 @@ VisPruner share.
   the same head-mean [CLS] attention as relevance weights, so it composes with
   any selection, e.g. ``create_pruner("composed", relevance="cls_attention",
   selection="greedy_residual")``.
-* :func:`unit_rows` / :func:`cosine`: cosine similarities whose exact ties
-  (duplicate tokens) stay exact whatever the batch layout.
+* :func:`unit_rows` / :func:`cosine` / :func:`cosine_tie_atol`: cosine similarities in
+  the inputs' precision whose ties (duplicate tokens) stay ties whatever the batch layout.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
-from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
 from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.base import RelevanceStrategy
@@ -77,9 +76,7 @@ class ClsAttentionRelevance(RelevanceStrategy):
     required_signals: ClassVar[frozenset[str]] = frozenset({CLS_ATTENTION})
 
     def __post_init__(self) -> None:
-        check_choice("normalize", self.normalize, NORMALIZATIONS)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
-            raise TypeError(f"alpha must be a real number, got {type(self.alpha).__name__}")
+        super().__post_init__()  # types and normalize's choices, from the annotations
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
 
@@ -116,6 +113,7 @@ class ClsAttentionRelevance(RelevanceStrategy):
         return w.masked_fill(~valid, 0.0)
 
 
+@dataclass
 class FasterVLM(ComposedPruner):
     """FasterVLM: the top-``K`` tokens by head-mean [CLS] attention, in position order.
 
@@ -151,14 +149,13 @@ class FasterVLM(ComposedPruner):
     name = "fastervlm"
     required_signals: ClassVar[frozenset[str]] = frozenset({CLS_ATTENTION})
 
-    def __init__(self) -> None:
-        super().__init__(
-            relevance=ClsAttentionRelevance(normalize="none"),
-            selection=TopKSelection(tie_rtol=0.0),
-        )
+    relevance: ClsAttentionRelevance = field(init=False, repr=False)
+    selection: TopKSelection = field(init=False, repr=False)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    def __post_init__(self) -> None:
+        self.relevance = ClsAttentionRelevance(normalize="none")
+        self.selection = TopKSelection(tie_rtol=0.0)
+        super().__post_init__()
 
 
 def unit_rows(x: torch.Tensor) -> torch.Tensor:
@@ -168,18 +165,39 @@ def unit_rows(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.to(dtype), dim=-1)
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(..., M, K)`` cosines of the :func:`unit_rows` ``a`` (..., M, C) and ``b`` (..., K, C).
+def cosine(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(..., M, K)`` cosines of the :func:`unit_rows` ``a`` (..., M, C) and ``b`` (..., K, C),
+    in ``dtype``, the precision of the inputs they come from (float32 or float64).
 
-    Computed in float64 and rounded to float32: a matrix product's rounding depends
-    on the batch layout, so in float32 two duplicate tokens' similarities (exactly
-    equal in exact arithmetic) can differ in the last bit one way in a batch and the
-    other way alone, flipping a ranking. Rounding float64 results to float32 makes
-    such ties exact; it is still ~8x finer than the float16 the official codes use.
+    Computed in float64 and rounded to ``dtype``. A matrix product's rounding depends
+    on the batch layout, so two duplicate tokens' similarities (exactly equal in exact
+    arithmetic) can differ in the last bit one way in a batch and the other way alone,
+    flipping a ranking. For float32 inputs, rounding the float64 result to float32 makes
+    such ties exact (still ~8x finer than the float16 the official codes run in); float64
+    inputs keep float64 (rounding them to float32 would turn distinct similarities into
+    ties), and their rankings treat cosines within :func:`cosine_tie_atol` as ties.
+    (On MPS, which has no float64, everything runs in float32.)
     """
-    return (a @ b.transpose(-1, -2)).float()
+    return (a @ b.transpose(-1, -2)).to(dtype)
+
+
+def cosine_tie_atol(dtype: torch.dtype, features: int) -> float:
+    """The distance at which two :func:`cosine` values of ``dtype`` over ``features``
+    (``C``) coordinates are ties.
+
+    0 for float32 (the values are already rounded to float32: exact ties). For float64,
+    ``C * eps`` (float64's machine epsilon, 2.2e-16; ~2.3e-13 at ``C = 1024``): a float64
+    dot product of unit vectors is within ``C * eps / 2`` of the exact value whatever
+    its summation order, so two computations of the same cosine (a duplicate token in
+    another row or batch layout) are never further apart and always tie, while
+    similarities float64 can tell apart by more than that stay ordered (float32 could
+    not see differences below ~6e-8 near 1).
+    """
+    if dtype != torch.float64:
+        return 0.0
+    return features * torch.finfo(torch.float64).eps
 
 
 def register(registry) -> None:
-    registry.add_pruner("fastervlm", FasterVLM)
-    registry.add_relevance(CLS_ATTENTION, ClsAttentionRelevance)
+    registry.add_pruner(FasterVLM)
+    registry.add_relevance(ClsAttentionRelevance)

@@ -8,6 +8,7 @@ every later layer (and their KV cache).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -29,6 +30,7 @@ def fastv_order(scores: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     return torch.sort(masked, dim=1, descending=True, stable=True).indices
 
 
+@dataclass
 class FastV(TokenPruner):
     """FastV: the top image tokens by head-mean attention from the last prompt token.
 
@@ -83,9 +85,6 @@ class FastV(TokenPruner):
         order = fastv_order(scores, inputs.token_mask)[:, :num_keep]
         return Picks(order=order, scores=scores.masked_fill(~inputs.token_mask, 0.0))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
 
 def register(registry) -> None:
-    registry.add_pruner("fastv", FastV)
+    registry.add_pruner(FastV)

@@ -10,7 +10,6 @@ from typing import Literal
 
 import torch
 
-from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
 from prunekit.core.pruner import Picks, TokenPruner
 
@@ -176,7 +175,7 @@ class PoolingPruner(TokenPruner):
     name = "pooling"
 
     def __post_init__(self) -> None:
-        check_choice("mode", self.mode, POOL_MODES)
+        super().__post_init__()  # types and mode's choices, from the annotations
         if self.grid is not None:
             grid = tuple(self.grid)
             if len(grid) != 2 or not all(
@@ -227,4 +226,4 @@ class PoolingPruner(TokenPruner):
 
 
 def register(registry) -> None:
-    registry.add_pruner("pooling", PoolingPruner)
+    registry.add_pruner(PoolingPruner)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from prunekit.core.inputs import PruneInputs
@@ -39,6 +41,7 @@ def content_seeds(inputs: PruneInputs, seed: int) -> torch.Tensor:
     return _mix32(sums)
 
 
+@dataclass
 class RandomPruner(TokenPruner):
     """Random pruning: keep a seeded, uniformly random subset of each image's tokens.
 
@@ -70,12 +73,12 @@ class RandomPruner(TokenPruner):
 
     name = "random"
 
-    def __init__(self, seed: int = 0, per_image: bool = False) -> None:
-        self._selection = RandomSelection(seed=seed)  # validates the seed
-        if not isinstance(per_image, bool):
-            raise TypeError(f"per_image must be a bool, got {type(per_image).__name__}")
-        self.seed = seed
-        self.per_image = per_image
+    seed: int = 0
+    per_image: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._selection = RandomSelection(seed=self.seed)
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         n, device = inputs.num_tokens, inputs.tokens.device
@@ -87,9 +90,6 @@ class RandomPruner(TokenPruner):
             order = self._selection.select(inputs, torch.ones_like(noise), num_keep)
         return Picks(order=order, scores=noise.masked_fill(~inputs.token_mask, 0.0))
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(seed={self.seed}, per_image={self.per_image})"
-
 
 def register(registry) -> None:
-    registry.add_pruner("random", RandomPruner)
+    registry.add_pruner(RandomPruner)

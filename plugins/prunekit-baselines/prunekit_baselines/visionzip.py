@@ -4,16 +4,15 @@ in Vision Language Models", arXiv 2412.04467)."""
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from prunekit.core.inputs import PruneInputs
+from prunekit.core.inputs import PruneInputs, compute_dtype
 from prunekit.core.pruner import Picks, TokenPruner
-from prunekit_baselines.fastervlm import CLS_ATTENTION, cosine, unit_rows
+from prunekit_baselines.fastervlm import CLS_ATTENTION, cosine, cosine_tie_atol, unit_rows
 
 VISION_KEYS = "vision_keys"
 
@@ -101,10 +100,14 @@ def visionzip_merge(
     targets = targets[:, :max_contextual]
     real_target = torch.arange(max_contextual, device=tokens.device) < contextual  # (B, C)
     metric = unit_rows(keys.mean(dim=2))  # head-averaged keys, (B, N, d_head)
-    similarity = cosine(metric, _rows_at(metric, targets))  # (B, N, C)
+    precision = compute_dtype(tokens.dtype)  # float64 stays float64
+    similarity = cosine(metric, _rows_at(metric, targets), precision)  # (B, N, C)
     similarity = similarity.masked_fill(~real_target.unsqueeze(1), -torch.inf)
+    # the first target within the tie tolerance of the most similar one
+    best = similarity.amax(dim=-1, keepdim=True) - cosine_tie_atol(precision, metric.shape[-1])
+    choice = (similarity >= best).to(torch.uint8).argmax(dim=-1)
     member = (remaining & ~is_target).unsqueeze(-1)
-    assign = F.one_hot(similarity.argmax(dim=-1), max_contextual).to(tokens.dtype) * member
+    assign = F.one_hot(choice, max_contextual).to(tokens.dtype) * member
     members = assign.sum(dim=1).clamp_min(1).unsqueeze(-1)  # (B, C, 1)
     sources = tokens.masked_fill(~member, 0.0)  # padded rows may hold anything, even NaN
     merged = assign.transpose(1, 2) @ sources / members  # (B, C, d)
@@ -162,17 +165,30 @@ class VisionZip(TokenPruner):
       transformers runs it (``vision_feature_select_strategy="default"``),
       [CLS] is not an image token and the budget counts image tokens, so
       prunekit gives its slot to one more dominant patch: ``D`` patches by
-      attention instead of [CLS] + ``D - 1``. The contextual step is unchanged
-      (the official remaining set excludes [CLS] as well); for K = 64 on 576
-      patches both have ``R // C = 52``. With a ``"full"`` feature strategy
+      attention instead of [CLS] + ``D - 1``. That extra patch (the ``D``-th
+      most attended) also shifts the contextual targets: it leaves the
+      remaining set, which has ``R = N - D`` patches instead of the official
+      ``N - D + 1`` (both exclude [CLS]). The stride becomes ``max(1, (N - D)
+      // C)`` instead of ``max(1, (N - D + 1) // C)`` (the same unless ``C``
+      divides ``N - D + 1``; 52 for both at K = 64 on 576 patches), and every
+      remaining patch after the extra one moves one slot earlier, so each
+      target from there on is the remaining patch that follows the official
+      target in position order (the extra patch's own slot, if it was a
+      target, goes to the next remaining patch); the members merged into each
+      target change with them, and the extra patch is kept as it is (officially
+      it is a target or merged into one). Equivalently, prunekit with budget
+      ``K`` equals the official code with ``D`` patches + [CLS] and ``C``
+      contextual tokens, [CLS] removed. With a ``"full"`` feature strategy
       [CLS] is token 0 and ranks by its own attention like any token.
     * order: the official code feeds [CLS, dominant in position order,
       contextual in target order]; prunekit keeps every kept token at its
       original position, a contextual token at its target's.
     * ties: attention ties go to the lower index (``torch.topk`` leaves them
       unspecified).
-    * numerics: cosines in float64 compared at float32 resolution
-      (:func:`~prunekit_baselines.fastervlm.cosine`), merging in float32 or wider
+    * numerics: cosines computed in float64 and compared in the input's
+      precision, at least float32 (rounded to float32, or kept in float64 with
+      ties within ``d_head * eps``: :func:`~prunekit_baselines.fastervlm.cosine`,
+      :func:`~prunekit_baselines.fastervlm.cosine_tie_atol`), merging in float32 or wider
       (officially all in the model's dtype, float16); a key of norm 0 counts as
       orthogonal to every target (officially NaN).
     * ragged batches: each sample runs on its own valid tokens with its own split,
@@ -187,20 +203,11 @@ class VisionZip(TokenPruner):
     pruning_points: ClassVar[frozenset[str] | None] = frozenset({"pre_projector"})
 
     def __post_init__(self) -> None:
-        ratio = self.contextual_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
-            raise TypeError(f"contextual_ratio must be a real number, got {type(ratio).__name__}")
-        if not (0.0 <= ratio <= 1.0):
-            raise ValueError(f"contextual_ratio must be in [0, 1], got {ratio}")
-        if self.contextual is not None:
-            if isinstance(self.contextual, bool) or not isinstance(
-                self.contextual, numbers.Integral
-            ):
-                raise TypeError(
-                    f"contextual must be an int or None, got {type(self.contextual).__name__}"
-                )
-            if self.contextual < 0:
-                raise ValueError(f"contextual must be >= 0, got {self.contextual}")
+        super().__post_init__()  # types, from the annotations
+        if not (0.0 <= self.contextual_ratio <= 1.0):
+            raise ValueError(f"contextual_ratio must be in [0, 1], got {self.contextual_ratio}")
+        if self.contextual is not None and self.contextual < 0:
+            raise ValueError(f"contextual must be >= 0, got {self.contextual}")
 
     def split(self, num_keep: int) -> tuple[int, int]:
         """``(dominant, contextual)`` token counts for a budget of ``num_keep``."""
@@ -209,12 +216,7 @@ class VisionZip(TokenPruner):
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         attention = inputs.signals[CLS_ATTENTION]
-        keys = inputs.signals[VISION_KEYS]
-        if attention.dim() != 3 or keys.dim() != 4:
-            raise ValueError(
-                "VisionZip needs cls_attention (B, H, N) and vision_keys (B, N, H, d_head), got "
-                f"{tuple(attention.shape)} and {tuple(keys.shape)}"
-            )
+        keys = inputs.signals[VISION_KEYS]  # shapes checked by validate_inputs
         counts = inputs.keep_counts
         if counts is None:
             counts = inputs.valid_counts.clamp(max=num_keep)
@@ -234,4 +236,4 @@ class VisionZip(TokenPruner):
 
 
 def register(registry) -> None:
-    registry.add_pruner("visionzip", VisionZip)
+    registry.add_pruner(VisionZip)

@@ -9,14 +9,31 @@ from typing import ClassVar
 
 import torch
 
-from prunekit.core.inputs import PruneInputs
+from prunekit.core.inputs import PruneInputs, compute_dtype
 from prunekit.core.pruner import Picks, TokenPruner
-from prunekit_baselines.fastervlm import CLS_ATTENTION, cosine, head_mean, unit_rows
+from prunekit_baselines.fastervlm import (
+    CLS_ATTENTION,
+    cosine,
+    cosine_tie_atol,
+    head_mean,
+    unit_rows,
+)
 
 
-def _rank_descending(scores: torch.Tensor) -> torch.Tensor:
-    """Indices sorting each row of ``scores`` descending; ties keep the lower index first."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices
+def _rank_descending(scores: torch.Tensor, tie_atol: float = 0.0) -> torch.Tensor:
+    """Indices sorting each row of ``scores`` descending; ties keep the lower index first.
+
+    With ``tie_atol > 0``, scores within ``tie_atol`` of their neighbour in that order
+    tie (a run of such neighbours is one tie), so values that differ only by rounding
+    rank by index, whichever way the rounding went.
+    """
+    ranked = torch.sort(scores, dim=-1, descending=True, stable=True)
+    if tie_atol <= 0 or scores.shape[-1] < 2:
+        return ranked.indices
+    gap = ranked.values[..., :-1] - ranked.values[..., 1:]  # >= 0; NaN between two -inf
+    start = torch.cat([torch.ones_like(gap[..., :1], dtype=torch.bool), gap > tie_atol], -1)
+    group = torch.empty_like(ranked.indices).scatter_(-1, ranked.indices, start.cumsum(-1))
+    return torch.sort(group, dim=-1, stable=True).indices
 
 
 def _rows_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -88,6 +105,8 @@ def vispruner_order(
     start = plan[0] + torch.arange(widths[0], device=device)
     residual = ranking.gather(1, start.clamp(max=n - 1))  # (B, R) in attention order
     normed = unit_rows(features)
+    precision = compute_dtype(features.dtype)  # float64 stays float64
+    tie_atol = cosine_tie_atol(precision, features.shape[-1])
     size = plan[1]
     for step, width in enumerate(widths[1:], start=2):
         drop = plan[step]
@@ -95,11 +114,12 @@ def vispruner_order(
         even, odd = tokens[:, ::2], tokens[:, 1::2]  # ceil(R/2) and floor(R/2) tokens
         real_odd = 2 * torch.arange(odd.shape[1], device=device) + 1 < size
         real_even = 2 * torch.arange(even.shape[1], device=device) < size
-        similarity = cosine(even, odd).masked_fill(~real_odd.unsqueeze(1), -torch.inf)
+        similarity = cosine(even, odd, precision)
+        similarity = similarity.masked_fill(~real_odd.unsqueeze(1), -torch.inf)
         similarity = similarity.amax(dim=-1).masked_fill(~real_even, -torch.inf)
         # drop the `drop` even tokens most similar to an odd one; the others follow in
         # descending similarity, then every odd token in its current order
-        evens = residual[:, ::2].gather(1, _rank_descending(similarity))
+        evens = residual[:, ::2].gather(1, _rank_descending(similarity, tie_atol))
         halves = torch.cat([evens, residual[:, 1::2]], dim=1)
         n_even = (size + 1) // 2
         kept_even = (n_even - drop).clamp_min(0)
@@ -184,10 +204,18 @@ class VisPruner(TokenPruner):
       still keeps exactly ``K`` tokens;
     * with no diverse token (``int(K r) == K``) the residual is simply dropped
       (the official loop would take the maximum over an empty odd half at ``R = 1``);
-    * similarities are computed in float64 and compared at float32 resolution
-      (:func:`~prunekit_baselines.fastervlm.cosine`; the official code runs in
-      float16, where near-ties flip between runs), features of norm 0 are
-      treated as orthogonal to everything instead of giving NaN;
+    * similarities are compared in the input's precision, as the official code
+      does in the model's dtype, but never below float32 (the official float16
+      runs flip near-ties between runs): computed in float64, then rounded to
+      float32 for float16 / bfloat16 / float32 inputs (exact ties), kept in
+      float64 for float64 inputs, where similarities within ``C * eps`` of each
+      other tie (``C`` features, ``eps`` = 2.2e-16; ~2.3e-13 for ``C = 1024``,
+      the most two float64 evaluations of one cosine can differ), so that a
+      duplicate token's rounding, which depends on the batch layout, cannot flip
+      a ranking
+      (:func:`~prunekit_baselines.fastervlm.cosine`,
+      :func:`~prunekit_baselines.fastervlm.cosine_tie_atol`); features of norm 0
+      are treated as orthogonal to everything instead of giving NaN;
     * ties in both rankings keep the lower index / earlier token first
       (``torch.argsort`` is not stable);
     * ragged batches: each sample runs on its own valid tokens and its own count,
@@ -202,18 +230,9 @@ class VisPruner(TokenPruner):
     pruning_points: ClassVar[frozenset[str] | None] = frozenset({"pre_projector"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.important_ratio, bool) or not isinstance(
-            self.important_ratio, (int, float)
-        ):
-            raise TypeError(
-                f"important_ratio must be a real number, got {type(self.important_ratio).__name__}"
-            )
+        super().__post_init__()  # types, from the annotations
         if not (0.0 <= self.important_ratio <= 1.0):
             raise ValueError(f"important_ratio must be in [0, 1], got {self.important_ratio}")
-        if isinstance(self.drop_per_round, bool) or not isinstance(self.drop_per_round, int):
-            raise TypeError(
-                f"drop_per_round must be an int, got {type(self.drop_per_round).__name__}"
-            )
         if self.drop_per_round < 1:
             raise ValueError(f"drop_per_round must be >= 1, got {self.drop_per_round}")
 
@@ -235,4 +254,4 @@ class VisPruner(TokenPruner):
 
 
 def register(registry) -> None:
-    registry.add_pruner("vispruner", VisPruner)
+    registry.add_pruner(VisPruner)

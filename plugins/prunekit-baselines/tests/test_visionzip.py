@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -126,6 +127,30 @@ def test_matches_the_official_code_with_the_cls_slot_given_to_a_patch(seed, domi
         budget=dominant + contextual,
         signals={"cls_attention": attention, "vision_keys": keys[:, 1:]},
     )
+    assert torch.equal(result.indices, expected_positions)
+    torch.testing.assert_close(result.values, expected_values)
+
+
+def test_float64_keys_choose_targets_in_float64():
+    """Targets 0 and 2 (no dominant token); token 1's key is closer to target 2 by ~1e-10
+    in cosine, below float32's resolution (~6e-8 near 1): float32 rounding made it a tie
+    (first target, 0); float64 inputs compare in float64, as the official code does in
+    the model's dtype."""
+    angles = torch.tensor([0.0, 5e-4 + 1e-7, 1e-3, -math.pi / 2], dtype=torch.float64)
+    keys = torch.stack([angles.cos(), angles.sin()], dim=-1)[None, :, None]  # (1, 4, 1, 2)
+    x = torch.arange(12, dtype=torch.float64).view(1, 4, 3) ** 2
+    attention = torch.full((1, 1, 4), 0.25, dtype=torch.float64)
+    signals = {"cls_attention": attention, "vision_keys": keys}
+    result = VisionZip(contextual=2).prune(x, budget=2, signals=signals)
+    assert result.indices.tolist() == [[0, 2]]
+    torch.testing.assert_close(
+        result.values[0], torch.stack([x[0, 0] + x[0, 3], x[0, 2] + x[0, 1]])
+    )
+    # the official code on the same float64 inputs ([CLS] in front, no dominant patch)
+    hidden = torch.cat([torch.zeros(1, 1, 3, dtype=torch.float64), x], dim=1)
+    metric = torch.cat([torch.ones(1, 1, 2, dtype=torch.float64), keys[:, :, 0]], dim=1)
+    official, positions = official_visionzip(hidden, attention, metric, 0, 2)
+    expected_positions, expected_values = prunekit_view(official, positions)
     assert torch.equal(result.indices, expected_positions)
     torch.testing.assert_close(result.values, expected_values)
 

@@ -180,6 +180,62 @@ def test_arguments_and_declarations():
         VisPruner(drop_per_round=2.0)
 
 
+def near_duplicates(seed, batch=2, n=64, dim=32, groups=6, noise=1e-4):
+    """float64 tokens in a few tight clusters: many similarities within 1e-7 of each other
+    (ties once rounded to float32), all distinct in float64."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(batch, groups, dim, generator=g, dtype=torch.float64)
+    members = torch.randint(0, groups, (batch, n), generator=g)
+    features = centers.gather(1, members.unsqueeze(-1).expand(-1, -1, dim))
+    features = features + noise * torch.randn(batch, n, dim, generator=g, dtype=torch.float64)
+    logits = torch.randn(batch, 4, n + 1, generator=g, dtype=torch.float64) * 2
+    return features, torch.softmax(logits, -1)[..., 1:]
+
+
+@pytest.mark.parametrize("noise", [1e-3, 1e-4])
+@pytest.mark.parametrize("seed", range(6))
+def test_float64_near_duplicates_match_the_official_code_in_float64(seed, noise):
+    """float64 features keep float64 similarities: rounding them to float32 (as before)
+    tied most of these and broke the ties by position, unlike the official code."""
+    features, attention = near_duplicates(seed, noise=noise)
+    result = VisPruner().prune(features, budget=16, signals={"cls_attention": attention})
+    assert torch.equal(result.indices, official_vispruner(features, attention, 16))
+
+
+def test_near_ties_chain_at_the_tolerance():
+    """Scores within ``tie_atol`` of their neighbour in descending order are one tie,
+    ranked by index; a larger gap separates them."""
+    from prunekit_baselines.vispruner import _rank_descending
+
+    scores = torch.tensor(
+        [[0.5, 0.5 + 1e-14, 0.9, 0.5 - 1e-14, 0.9 + 3e-14, -torch.inf]], dtype=torch.float64
+    )
+    assert _rank_descending(scores).tolist() == [[4, 2, 1, 0, 3, 5]]
+    assert _rank_descending(scores, 2e-14).tolist() == [[4, 2, 0, 1, 3, 5]]
+    assert _rank_descending(scores, 4e-14).tolist() == [[2, 4, 0, 1, 3, 5]]
+
+
+def test_float64_duplicates_select_alike_in_any_batch_layout():
+    """Exact duplicate tokens: their float64 similarities may differ in the last bits
+    between batch layouts, but within the tolerance they tie and rank by position."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(4, 30, 256, generator=g, dtype=torch.float64)
+    features = base[:, torch.randint(0, 30, (60,), generator=g)]  # every token ~twice
+    attention = torch.rand(4, 2, 60, generator=g, dtype=torch.float64)
+    mask = torch.arange(60) < torch.tensor([[60], [51], [44], [37]])
+    pruner = VisPruner(important_ratio=0.25)
+    batched = pruner.prune(
+        features, budget=12, token_mask=mask, signals={"cls_attention": attention}
+    )
+    for i, length in enumerate([60, 51, 44, 37]):
+        alone = pruner.prune(
+            features[i : i + 1, :length],
+            budget=12,
+            signals={"cls_attention": attention[i : i + 1, :, :length]},
+        )
+        assert torch.equal(alone.indices[0], batched.split()[i])
+
+
 class TestVisPrunerContract(PrunerContract):
     cases = [
         ("vispruner", {"important_ratio": 0.25, "drop_per_round": 1}),

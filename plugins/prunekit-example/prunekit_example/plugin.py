@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from prunekit import Picks, PruneInputs, TokenPruner, hookimpl
 
 
+@dataclass
 class NormTopK(TokenPruner):
     """Keep the tokens with the largest norm (``p``-norm over the feature dimension).
 
@@ -15,15 +18,22 @@ class NormTopK(TokenPruner):
     (Darcet et al., "Vision Transformers Need Registers", ICLR 2024), the same
     tokens [CLS]-attention pruners such as VisionZip keep. ``largest=False`` keeps
     the lowest-norm tokens instead (an ablation). Ties go to the lower index.
+
+    Args:
+        p: order of the norm, ``> 0`` (``float("inf")``: the largest absolute entry).
+        largest: keep the largest norms (``False``: the smallest).
     """
 
-    name = "norm_topk"
+    name = "norm_topk"  # the registry key; no annotation, so not a hyperparameter
 
-    def __init__(self, *, p: float = 2.0, largest: bool = True) -> None:
-        if not p > 0:
-            raise ValueError(f"p must be > 0 (the order of the norm), got {p!r}")
-        self.p = float(p)
-        self.largest = bool(largest)
+    # the hyperparameters: constructor arguments, repr, config schema, checked types
+    p: float = 2.0
+    largest: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # TypeError naming the field for a value of the wrong type
+        if not self.p > 0:
+            raise ValueError(f"p must be > 0 (the order of the norm), got {self.p!r}")
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         norms = torch.linalg.vector_norm(inputs.tokens, ord=self.p, dim=-1)  # (B, N)
@@ -37,4 +47,4 @@ class NormTopK(TokenPruner):
 
 @hookimpl
 def prunekit_register(registry) -> None:
-    registry.add_pruner("norm_topk", NormTopK)
+    registry.add_pruner(NormTopK)  # registered under NormTopK.name

@@ -54,6 +54,14 @@ def test_scores_are_the_norms_and_padding_is_skipped():
 def test_rejects_a_bad_norm_order():
     with pytest.raises(ValueError, match="p must be > 0"):
         NormTopK(p=0)
+    with pytest.raises(TypeError, match="p must be a float, got str"):  # from the field's type
+        prunekit.create_pruner("norm_topk", p="2")
+    with pytest.raises(TypeError, match="Did you mean 'largest'"):
+        prunekit.create_pruner("norm_topk", larger=False)
+
+
+def test_repr_names_the_hyperparameters():
+    assert repr(NormTopK(p=1.0)) == "NormTopK(p=1.0, largest=True)"
 
 
 # (c) Found through the entry point, like any installed plugin.

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from prunekit.core.errors import check_fields
 from prunekit.core.inputs import PruneInputs
 
 
@@ -18,9 +19,15 @@ class RelevanceStrategy(abc.ABC):
     ignored by selections.
     """
 
+    #: the registry key users type (``registry.add_relevance(MyStrategy)``)
     name: ClassVar[str] = ""
     #: model signals this strategy reads from ``inputs.signals`` (see :mod:`prunekit.core.signals`)
     required_signals: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        """Check every field (hyperparameter) of a ``@dataclass`` subclass against its
+        annotation; a subclass adding value checks calls ``super().__post_init__()`` first."""
+        check_fields(self)
 
     @abc.abstractmethod
     def weights(self, inputs: PruneInputs) -> torch.Tensor:

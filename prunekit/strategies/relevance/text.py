@@ -107,9 +107,7 @@ class TextRelevance(RelevanceStrategy):
     name = "text"
 
     def __post_init__(self) -> None:
-        check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
-            raise TypeError(f"alpha must be a real number, got {type(self.alpha).__name__}")
+        super().__post_init__()  # types and aggregation's choices, from the annotations
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
         if not (self.eps > 0):
@@ -117,14 +115,8 @@ class TextRelevance(RelevanceStrategy):
         if isinstance(self.center, str):
             check_choice("center", self.center, CENTER_SIGNALS)
             self.required_signals = frozenset({self.center})
-        elif self.center is not None:
-            if not isinstance(self.center, torch.Tensor):
-                raise TypeError(
-                    f"center must be a torch.Tensor, {CENTER_SIGNALS} or None, "
-                    f"got {type(self.center).__name__}"
-                )
-            if self.center.dim() != 1:
-                raise ValueError(f"center must be 1-D (d,), got shape {tuple(self.center.shape)}")
+        elif self.center is not None and self.center.dim() != 1:
+            raise ValueError(f"center must be 1-D (d,), got shape {tuple(self.center.shape)}")
 
     def relevance(self, inputs: PruneInputs) -> torch.Tensor:
         """Raw ``r`` ``(B, N)``; ``NaN`` for samples without text."""

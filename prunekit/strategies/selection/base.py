@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from prunekit.core.errors import check_fields
 from prunekit.core.inputs import PruneInputs
 
 
@@ -20,9 +21,15 @@ class SelectionStrategy(abc.ABC):
     result of one sample never depends on the others.
     """
 
+    #: the registry key users type (``registry.add_selection(MyStrategy)``)
     name: ClassVar[str] = ""
     #: model signals this strategy reads from ``inputs.signals`` (see :mod:`prunekit.core.signals`)
     required_signals: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        """Check every field (hyperparameter) of a ``@dataclass`` subclass against its
+        annotation; a subclass adding value checks calls ``super().__post_init__()`` first."""
+        check_fields(self)
 
     @abc.abstractmethod
     def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:

@@ -174,7 +174,7 @@ class GreedyResidualSelection(SelectionStrategy):
     name = "greedy_residual"
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, GRAM_METHODS)
+        super().__post_init__()  # types and method's choices, from the annotations
         if self.rank_tol is not None and not (0 <= self.rank_tol < 1):
             raise ValueError(f"rank_tol must be in [0, 1), got {self.rank_tol}")
         if not (0 <= self.tie_rtol < 1):

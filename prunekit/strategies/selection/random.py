@@ -57,10 +57,6 @@ class RandomSelection(SelectionStrategy):
     seed: int = 0
     name = "random"
 
-    def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {type(self.seed).__name__}")
-
     def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
         uniform = position_noise(self.seed, inputs.num_tokens, inputs.tokens.device)
         gumbel = -torch.log(-torch.log(uniform)).expand_as(weights)
