@@ -27,7 +27,8 @@ def test_api_example_runs():
 
 def test_plugin_example_registers_and_prunes():
     namespace: dict = {"__name__": "readme_plugin"}
-    exec(compile(python_blocks()[2], "README-plugin", "exec"), namespace)
+    # dont_inherit: the block runs as a user's module would, without this file's __future__
+    exec(compile(python_blocks()[2], "README-plugin", "exec", dont_inherit=True), namespace)
     registry = Registry()
     module = type("Plugin", (), {"prunekit_register": staticmethod(namespace["prunekit_register"])})
     assert registry.register_plugin(module, name="readme_plugin")
@@ -60,4 +61,7 @@ def test_llava_example_runs():
     namespace = {"model": model, "processor": Processor(), "inputs": inputs}
     exec(compile(block, "README-llava", "exec"), namespace)
     assert namespace["handle"].results[0].indices.shape == (1, 4)
-    assert ids.shape[1] - 12 < namespace["output"].shape[1] <= ids.shape[1] - 12 + 32
+    out = namespace["out"]  # the caller's prompt (not the pruned one), then the answer
+    assert torch.equal(out[:, : ids.shape[1]], ids)
+    assert 0 < out.shape[1] - ids.shape[1] <= 32
+    assert namespace["answer"] == Processor().batch_decode(out[:, ids.shape[1] :])

@@ -1,6 +1,12 @@
 """Model adapters and ``attach``: prune stock models in place, restored on exit."""
 
-from prunekit.adapters.attach import AttachHandle, attach, find_adapter
+from prunekit.adapters.attach import (
+    AttachHandle,
+    Attachment,
+    AttachNotEnteredWarning,
+    attach,
+    find_adapter,
+)
 from prunekit.adapters.base import IN_ENCODER, IN_LLM, PRE_LLM, Adapter
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 
@@ -10,6 +16,8 @@ __all__ = [
     "PRE_LLM",
     "Adapter",
     "AttachHandle",
+    "AttachNotEnteredWarning",
+    "Attachment",
     "ImageFeatures",
     "PreLLMAdapter",
     "attach",

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+import copy
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from prunekit import accounting
-from prunekit.adapters.base import IN_LLM, PRE_LLM, PRE_PROJECTOR
+from prunekit.adapters.base import (
+    IN_LLM,
+    PRE_LLM,
+    PRE_PROJECTOR,
+    Adapter,
+    AttributeOverride,
+    Undo,
+    caller_stacklevel,
+    override_attribute,
+    undo_on_error,
+)
 from prunekit.core.budget import Budget, check_budget
 from prunekit.core.pruner import TokenPruner
 from prunekit.core.result import PruneResult
@@ -18,7 +32,12 @@ from prunekit.core.result import PruneResult
 
 @dataclass
 class AttachHandle:
-    """What ``attach`` yields: the pruner, the budget and every result produced.
+    """What ``with prunekit.attach(...) as handle:`` gives: the pruner, the budget and
+    every result produced.
+
+    The handle records while its block is active (one block per model at a time,
+    see :func:`attach`); it stays readable after the block exits. Calls on a deep
+    copy of the model taken inside the block record nothing (the copy is unpruned).
 
     Attributes:
         results: one :class:`PruneResult` per pruning call, in call order (for a
@@ -153,7 +172,14 @@ def find_adapter(model: object) -> type:
     )
 
 
-@contextlib.contextmanager
+class AttachNotEnteredWarning(UserWarning):
+    """An ``attach(...)`` object was garbage-collected without being entered: nothing was pruned."""
+
+
+#: models attached right now (entered, not yet exited) -> their handle
+_ATTACHED: weakref.WeakKeyDictionary[torch.nn.Module, AttachHandle] = weakref.WeakKeyDictionary()
+
+
 def attach(
     model: torch.nn.Module,
     pruner: TokenPruner | str,
@@ -161,13 +187,34 @@ def attach(
     budget: Budget,
     adapter: str | None = None,
     **options: Any,
-) -> Iterator[AttachHandle]:
+) -> Attachment:
     """Prune ``model`` with ``pruner`` inside the ``with`` block.
 
     ``model.generate(...)`` and ``model(...)`` run pruned inside the block; the
     handle's :attr:`~AttachHandle.results` collect the kept indices. Only the
     model instance is touched, and it is restored on exit, also when the body
-    raises.
+    raises. ``generate`` returns the caller's layout, as Hugging Face's does: the
+    ``input_ids`` as given (padding included) then the new tokens, so the answer
+    is ``out[:, inputs["input_ids"].shape[1]:]`` with or without pruning.
+
+    Every argument is checked here, before anything is installed; the returned
+    object is a single-use context manager whose ``__enter__`` installs the
+    pruning and returns the :class:`AttachHandle`::
+
+        with prunekit.attach(model, "resprune", budget=128) as handle:
+            out = model.generate(**inputs, max_new_tokens=32)
+
+    Rules:
+
+    * one attach per model at a time: entering a second one on a model that is
+      attached (or on a module inside it, or a model containing it) raises
+      ``RuntimeError``; exit the first block (detach) first. Several *different*
+      models may be attached at once and exited in any order;
+    * the object is entered once; entering it again raises ``RuntimeError``;
+      one never entered warns (:class:`AttachNotEnteredWarning`) when collected;
+    * ``copy.deepcopy(model)`` inside the block gives a plain, unpruned copy
+      (no prunekit attribute or hook); pickling the model inside the block
+      raises ``TypeError`` (pickle it outside the block).
 
     Args:
         model: a supported model (see :func:`list_adapters`).
@@ -208,9 +255,153 @@ def attach(
         pruning_point=point,
         llm_layer=None if llm_pruning is None else llm_pruning.layer,
     )
-    undos = instance.install(handle)
-    try:
-        yield handle
-    finally:
-        for undo in reversed(undos):
-            undo()
+    return Attachment(instance, handle)
+
+
+class Attachment:
+    """What :func:`attach` returns: a single-use context manager that installs the
+    adapter on ``__enter__`` (returning the :class:`AttachHandle`) and undoes every
+    change on ``__exit__``."""
+
+    def __init__(self, adapter: Adapter, handle: AttachHandle) -> None:
+        self.adapter = adapter
+        self.handle = handle
+        self._undos: list[Undo] = []
+        frame = sys._getframe(caller_stacklevel() - 1)  # the user's attach(...) line, for warnings
+        self._site = (frame.f_code.co_filename, frame.f_lineno, frame.f_globals.get("__name__"))
+        self._state = "new"  # -> "entered" -> "exited", or "failed"
+
+    def __enter__(self) -> AttachHandle:
+        model = self.handle.model
+        if self._state != "new":
+            raise RuntimeError(
+                f"this prunekit.attach(...) on {type(model).__name__} was already entered; "
+                "an attach object is used once: call prunekit.attach(...) again for a new block"
+            )
+        self._state = "failed"  # until installed: a failed enter leaves nothing to exit
+        _refuse_nesting(model)
+        undos: list[Undo] = []
+        with undo_on_error(undos):
+            undos.extend(self.adapter.install(self.handle))
+            undos.extend(_guard_copies(model, undos))
+        self._undos = undos
+        _ATTACHED[model] = self.handle
+        self._state = "entered"
+        return self.handle
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._state != "entered":
+            return
+        self._state = "exited"
+        _ATTACHED.pop(self.handle.model, None)
+        errors = []
+        for undo in reversed(self._undos):  # every undo runs, even if one fails
+            try:
+                undo()
+            except Exception as error:  # noqa: BLE001 - re-raised below
+                errors.append(error)
+        self._undos = []
+        if errors:
+            raise errors[0]
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", None) != "new":
+            return
+        filename, lineno, module = self._site
+        warnings.warn_explicit(
+            f"prunekit.attach(...) on {type(self.handle.model).__name__} was never entered, "
+            "so nothing was pruned; use `with prunekit.attach(...) as handle:`",
+            AttachNotEnteredWarning,
+            filename,
+            lineno,
+            module=module,
+        )
+
+
+def _refuse_nesting(model: torch.nn.Module) -> None:
+    """Raise if ``model``, a module inside it or a model containing it is attached now."""
+    for other, handle in list(_ATTACHED.items()):
+        if other is model:
+            relation = "is already attached"
+        elif any(module is model for module in other.modules()):
+            relation = f"is inside a {type(other).__name__} that is attached"
+        elif any(module is other for module in model.modules()):
+            relation = f"contains a {type(other).__name__} that is attached"
+        else:
+            continue
+        raise RuntimeError(
+            f"{type(model).__name__} {relation} (prunekit.attach with "
+            f"{type(handle.pruner).__name__}, budget={handle.budget!r}); prunekit does not stack "
+            "attach blocks on one model: exit (detach) the first block first"
+        )
+
+
+#: the instance attributes that guard an attached model against copies
+GUARDS = ("__deepcopy__", "__reduce_ex__")
+
+
+def _guard_copies(model: torch.nn.Module, undos: list[Undo]) -> list[Undo]:
+    """Make the changes in ``undos`` impossible to carry into a copy.
+
+    The model and every module that got a prunekit hook get an instance
+    ``__deepcopy__`` that copies them as usual, then removes from the copy every
+    hook and instance attribute prunekit installed; pickling the model (and
+    ``copy.copy``) raises a clear ``TypeError``. Returns the undos of the guards.
+    """
+    hooks = [
+        undo.__self__
+        for undo in undos
+        if isinstance(getattr(undo, "__self__", None), RemovableHandle)
+    ]
+    overrides = [undo for undo in undos if isinstance(undo, AttributeOverride)]
+
+    def hook_dicts(hook: RemovableHandle) -> list[dict]:
+        refs = (hook.hooks_dict_ref, *hook.extra_dict_ref)
+        return [d for d in (ref() for ref in refs) if d is not None]
+
+    hooked = {id(d) for hook in hooks for d in hook_dicts(hook)}
+    modules = [
+        module
+        for module in model.modules()
+        if module is model or any(id(value) in hooked for value in vars(module).values())
+    ]
+
+    def clean(memo: dict[int, Any]) -> None:
+        for hook in hooks:
+            for original in hook_dicts(hook):
+                copied = memo.get(id(original))
+                if copied is not None and copied is not original:
+                    copied.pop(hook.id, None)
+        for override in overrides:
+            override.revert_in(memo)
+
+    def make_deepcopy(module: torch.nn.Module) -> Callable[[dict[int, Any]], torch.nn.Module]:
+        def __deepcopy__(memo: dict[int, Any]) -> torch.nn.Module:
+            for hook in hooks:  # share prunekit's hook callables instead of copying their state
+                for original in hook_dicts(hook):
+                    value = original.get(hook.id)
+                    memo.setdefault(id(value), value)
+            # copy without the guards themselves (deepcopy would call them again)
+            own = {name: module.__dict__.pop(name) for name in GUARDS if name in module.__dict__}
+            try:
+                copied = copy.deepcopy(module, memo)
+            finally:
+                module.__dict__.update(own)
+            clean(memo)
+            return copied
+
+        return __deepcopy__
+
+    def __reduce_ex__(protocol: int) -> Any:
+        raise TypeError(
+            f"cannot pickle or copy.copy a {type(model).__name__} while prunekit.attach is active "
+            "(its pruning patches are not picklable); do it outside the `with` block, or use "
+            "copy.deepcopy, which gives an unpruned copy"
+        )
+
+    guards = [
+        override_attribute(module, "__deepcopy__", make_deepcopy(module)) for module in modules
+    ]
+    guards.append(override_attribute(model, "__reduce_ex__", __reduce_ex__))
+    overrides.extend(guards)  # a copy taken inside the block drops the guards too
+    return guards

@@ -5,12 +5,17 @@ how to get text embeddings in the same space, and how to rebuild the model's
 inputs with only the kept tokens. ``install`` touches only the model
 *instance* (instance attributes, forward hooks) and returns the callables that
 undo every change; :func:`prunekit.attach` runs them on exit, whatever happens.
+Changes made with :func:`override_attribute` and hooks returned as their
+``RemovableHandle.remove`` are also removed from any deep copy of the model
+taken inside the block.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -60,22 +65,66 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def install(self, handle: AttachHandle) -> list[Undo]:
-        """Make the model instance prune through ``handle``; return the undo callables."""
+        """Make the model instance prune through ``handle``; return the undo callables
+        (:func:`override_attribute` undos and hooks' ``remove`` methods, so that
+        ``attach`` can also strip them from deep copies)."""
+
+
+class AttributeOverride:
+    """An instance attribute set by ``install`` (shadowing the class's method); calling it undoes it.
+
+    :meth:`revert_in` undoes it in a deep copy of the object, so that a copy taken
+    inside ``attach`` does not carry the change (see :func:`prunekit.attach`).
+    """
+
+    _MISSING = object()
+
+    def __init__(self, obj: object, name: str, value: Any) -> None:
+        self.obj = obj
+        self.name = name
+        self.previous = obj.__dict__.get(name, self._MISSING)
+        setattr(obj, name, value)
+
+    def __call__(self) -> None:
+        self._restore(self.obj, self.previous)
+
+    def revert_in(self, memo: dict[int, Any]) -> None:
+        """Undo the change in the deep copy of :attr:`obj` recorded in ``memo``, if any."""
+        import copy
+
+        copied = memo.get(id(self.obj))
+        if copied is None or copied is self.obj:
+            return
+        previous = self.previous
+        if previous is not self._MISSING:
+            previous = copy.deepcopy(previous, memo)
+        self._restore(copied, previous)
+
+    def _restore(self, obj: object, previous: Any) -> None:
+        if previous is self._MISSING:
+            obj.__dict__.pop(self.name, None)
+        else:
+            setattr(obj, self.name, previous)
 
 
 def override_attribute(obj: object, name: str, value: Any) -> Undo:
     """Set an *instance* attribute (shadowing the class's method) and return its undo."""
-    missing = object()
-    previous = obj.__dict__.get(name, missing)
-    setattr(obj, name, value)
+    return AttributeOverride(obj, name, value)
 
-    def undo() -> None:
-        if previous is missing:
-            obj.__dict__.pop(name, None)
-        else:
-            setattr(obj, name, previous)
 
-    return undo
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` called by the caller of this
+    function point at the first frame outside prunekit (the user's line)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+#: prunekit's source directory (frames under it are skipped by :func:`caller_stacklevel`)
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 @contextlib.contextmanager

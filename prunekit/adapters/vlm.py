@@ -7,7 +7,14 @@ prunes them (all images of the batch in one batched call), removes the
 placeholder positions of dropped tokens from ``input_ids`` / ``attention_mask``
 (and ``labels``), re-pads the batch on the side it was padded, splices the kept
 features into ``inputs_embeds`` and calls the original method without pixel
-values. Generation then runs with an ordinary, shorter KV cache.
+values. Generation then runs with an ordinary, shorter KV cache, and
+``generate`` returns what Hugging Face's returns: the caller's ``input_ids``
+(as given, padding included) followed by the new tokens, so
+``out[:, inputs["input_ids"].shape[1]:]`` is the answer; an explicit
+``max_length`` / ``min_length`` counts the caller's prompt. What ``generate``
+hands to logits processors, stopping criteria and streamers, and the
+attentions / hidden states / cache it can return, are those of the pruned
+prompt.
 
 Positions: ``"contiguous"`` (default, what peer pre-LLM methods do) lets the
 model number the shorter sequence as usual; ``"original"`` passes the kept
@@ -27,7 +34,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from prunekit.adapters.base import IN_LLM, PRE_LLM, Adapter, Undo, override_attribute, undo_on_error
+from prunekit.adapters.base import (
+    IN_LLM,
+    PRE_LLM,
+    Adapter,
+    Undo,
+    caller_stacklevel,
+    override_attribute,
+    undo_on_error,
+)
 from prunekit.core.errors import check_choice
 
 if TYPE_CHECKING:
@@ -201,12 +216,23 @@ class PreLLMAdapter(Adapter):
                 )
             if self.llm_pruning is not None:  # pruned inside the LLM by the forward wrapper
                 return original_generate(**kwargs)
+            caller_ids = kwargs.get("input_ids")
             kwargs = self.rewrite(handle, kwargs, generating=True)
+            pruned_ids = kwargs.get("input_ids")
+            shortened = caller_ids is not None and pruned_ids is not caller_ids
+            if shortened:  # max_length / min_length count the caller's prompt
+                dropped = caller_ids.shape[1] - pruned_ids.shape[1]
+                for name in ("max_length", "min_length"):
+                    if kwargs.get(name) is not None:
+                        kwargs[name] = kwargs[name] - dropped
             self._generating = True
             try:
-                return original_generate(**kwargs)
+                output = original_generate(**kwargs)
             finally:
                 self._generating = False
+            if not shortened:
+                return output
+            return caller_layout(output, caller_ids, pruned_ids.shape[1])
 
         undos: list[Undo] = []
         with undo_on_error(undos):
@@ -265,7 +291,7 @@ class PreLLMAdapter(Adapter):
                 f"{type(handle.pruner).__name__} is text-conditioned but attach() got no tokenizer: "
                 "the prompt's nouns cannot be read, so every token gets weight 1. "
                 "Pass tokenizer=processor.tokenizer.",
-                stacklevel=4,
+                stacklevel=caller_stacklevel(),  # the user's attach(...) line
             )
 
     # -- the rewrite -------------------------------------------------------------
@@ -484,6 +510,27 @@ class PreLLMAdapter(Adapter):
                 )
             kwargs["position_ids"] = new_positions
         return kwargs
+
+
+def caller_layout(output: Any, input_ids: torch.Tensor, pruned_width: int) -> Any:
+    """``generate``'s output with the caller's prompt: ``input_ids`` as given (padding
+    included), then the new tokens, as Hugging Face's ``generate`` returns them.
+
+    ``output`` is what the original ``generate`` returned for the pruned prompt of
+    ``pruned_width`` columns: a tensor, or a ``ModelOutput`` whose ``sequences`` are
+    replaced (``scores`` / ``logits`` are per new token and stay as they are). Rows
+    repeated for ``num_return_sequences`` or beams repeat the caller's prompt.
+    """
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    new_tokens = sequences[:, pruned_width:]
+    prompt = input_ids.to(new_tokens.device)
+    if new_tokens.shape[0] != prompt.shape[0]:
+        prompt = prompt.repeat_interleave(new_tokens.shape[0] // prompt.shape[0], dim=0)
+    sequences = torch.cat([prompt, new_tokens.to(prompt.dtype)], dim=1)
+    if isinstance(output, torch.Tensor):
+        return sequences
+    output.sequences = sequences
+    return output
 
 
 def _stack_signal(
