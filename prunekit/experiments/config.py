@@ -10,9 +10,10 @@ objects the Python API builds::
     build_pruner(cfg)   # == prunekit.create_pruner("composed",
                         #        relevance={"name": "text", "alpha": 2.0}, selection="topk")
 
-Every mistake in a config (unknown key, unknown option, wrong type, invalid
-value) raises :class:`ConfigError`, whose message names the key and suggests
-the closest valid one; nothing is loaded before the config is checked.
+Every mistake in a config (unknown key, unknown option, wrong type, a value
+out of range, a required parameter not set, a pruner at a pruning point it is
+not defined for) raises :class:`ConfigError`, whose message names the key and
+suggests the closest valid one; nothing is loaded before the config is checked.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from prunekit.core.errors import did_you_mean
-from prunekit.experiments.schema import COMPOSED_FROM_GROUPS, GROUPS, register_configs
+from prunekit.experiments.schema import (
+    COMPONENT_GROUPS,
+    COMPOSED_FROM_GROUPS,
+    GROUPS,
+    check_value,
+    register_configs,
+)
 
 #: the package holding the config groups
 CONFIG_MODULE = "prunekit.conf"
@@ -44,16 +51,25 @@ def _run_name(override_dirname: str) -> str:
     return override_dirname or "default"
 
 
-_REGISTERED = False
+#: the registry contents whose schemas are in Hydra's ConfigStore (``None``: none yet)
+_REGISTERED: tuple[Any, ...] | None = None
 
 
 def setup() -> None:
-    """Register prunekit's schemas (and its OmegaConf resolver) once per process."""
+    """Register prunekit's schemas (and its OmegaConf resolver); again when the registry changed.
+
+    A component registered after the first composition (``registry.add(...)`` in a
+    notebook or a test) is then a config option too.
+    """
     global _REGISTERED
-    if not _REGISTERED:
+    from prunekit.registry import get_registry
+
+    registry = get_registry()
+    state = (id(registry), *((k, *registry.names(k)) for k in COMPONENT_GROUPS))
+    if state != _REGISTERED:
         OmegaConf.register_new_resolver("prunekit_run_name", _run_name, replace=True)
         register_configs()
-        _REGISTERED = True
+        _REGISTERED = state
 
 
 def search_path_override(config_dirs: Iterable[str]) -> list[str]:
@@ -134,7 +150,15 @@ def compose_sweep(
             runs = expand_sweep(list(overrides))
         except HydraException as exc:
             raise ConfigError(explain(exc, list(overrides))) from None
-        return [(run, _compose_checked(hydra_compose, [*run, *extra], True)) for run in runs]
+        composed = []
+        for run in runs:
+            try:
+                composed.append((run, _compose_checked(hydra_compose, [*run, *extra], True)))
+            except ConfigError as exc:
+                if len(runs) == 1:
+                    raise
+                raise ConfigError(f"run {' '.join(task_overrides(run))}: {exc}") from None
+        return composed
 
 
 def _compose_checked(hydra_compose: Any, overrides: list[str], with_hydra: bool) -> DictConfig:
@@ -150,19 +174,114 @@ def _compose_checked(hydra_compose: Any, overrides: list[str], with_hydra: bool)
 
 # -- checks after composition -----------------------------------------------------------
 def _check_typed_keys(node: Any, path: str = "") -> None:
-    """Keys added with '+' to a schema'd node are unknown keys too."""
+    """Keys added with '+' to a schema'd node are unknown keys too; values within their fields' limits."""
     if not isinstance(node, DictConfig):
         return
     schema = OmegaConf.get_type(node)
+    fields = (
+        {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    )
     for key in node:
         full = f"{path}.{key}" if path else str(key)
         if key == "hydra" and not path:
             continue
-        if dataclasses.is_dataclass(schema):
-            names = [f.name for f in dataclasses.fields(schema)]
-            if key not in names:
-                raise ConfigError(f"unknown key '{full}'.{_suggest(str(key), names, path)}")
+        if fields and key not in fields:
+            raise ConfigError(
+                f"unknown key '{full}'.{_suggest(str(key), fields, path)}"
+                f"{_parameter_hint(path, str(key), node)}"
+            )
+        if key in fields and fields[key].metadata:
+            try:
+                check_value(full, node[key], fields[key].metadata)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(str(exc)) from None
         _check_typed_keys(node._get_node(key), full)
+    check = getattr(schema, "check", None)
+    if callable(check):
+        try:
+            check(node, path)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _parameter_hint(group: str, key: str, node: Any = None) -> str:
+    """For an unknown ``pruner.<key>``: the registered pruners (or strategies) that have ``key``."""
+    from prunekit.registry import get_registry
+
+    if group not in COMPONENT_GROUPS or key == "name":
+        return ""
+    registry = get_registry()
+    current = node.get("name") if isinstance(node, DictConfig) else None
+    hints = []
+    owners = [s.name for s in registry.specs(group) if key in s.parameters() and s.name != current]
+    if owners:
+        options = ", ".join(f"{group}={name}" for name in owners)
+        hints.append(f"{group}s with a parameter '{key}': {options}")
+    if group == "pruner":
+        for strategy in COMPOSED_FROM_GROUPS:
+            names = [s.name for s in registry.specs(strategy) if key in s.parameters()]
+            if names:
+                options = ", ".join(f"{strategy}={name}" for name in names)
+                hints.append(f"with pruner=composed, {strategy}.{key} ({options})")
+    if not hints:
+        return ""
+    has = f" {group}={current} has no parameter '{key}';" if current else ""
+    return f"{has} {'; '.join(hints)}."
+
+
+def _check_required(cfg: DictConfig) -> None:
+    """Every value left ``???`` (a parameter without a default) must be set."""
+    missing = sorted(
+        k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra") and k != "hydra"
+    )
+    if not missing:
+        return
+    group = missing[0].split(".")[0]
+    owner = ""
+    if group in COMPONENT_GROUPS and isinstance(cfg.get(group), DictConfig):
+        owner = f" ({group}={cfg[group].name} has no default for it)"
+    verb = "is" if len(missing) == 1 else "are"
+    raise ConfigError(
+        f"{' and '.join(missing)} {verb} required{owner}: add "
+        f"{' '.join(f'{k}=VALUE' for k in missing)}"
+    )
+
+
+def _check_pruning_point(cfg: DictConfig, pruner: Any) -> None:
+    """The adapter options pick a pruning point the pruner is defined for, and a layer the model has."""
+    from prunekit.adapters.base import IN_LLM, PRE_LLM, PRE_PROJECTOR
+
+    adapter = cfg.adapter
+    if adapter.llm_layer is not None and adapter.before_projector:
+        raise ConfigError(
+            "adapter.llm_layer and adapter.before_projector are two different pruning points; "
+            "set one of them"
+        )
+    point = (
+        IN_LLM
+        if adapter.llm_layer is not None
+        else PRE_PROJECTOR
+        if adapter.before_projector
+        else PRE_LLM
+    )
+    points = getattr(pruner, "pruning_points", None)
+    if points is not None and point not in points:
+        how = {
+            IN_LLM: "adapter.llm_layer=K (prune after K decoder layers)",
+            PRE_PROJECTOR: "adapter.before_projector=true",
+            PRE_LLM: "neither adapter.llm_layer nor adapter.before_projector",
+        }
+        ways = " or ".join(how.get(p, p) for p in sorted(points))
+        raise ConfigError(
+            f"pruner={cfg.pruner.name} is defined for the pruning points {sorted(points)}, but "
+            f"this config prunes at {point!r}: set {ways}"
+        )
+    n_layers = cfg.model.get("llm_layers") if isinstance(cfg.model, DictConfig) else None
+    if adapter.llm_layer is not None and n_layers is not None and adapter.llm_layer >= n_layers:
+        raise ConfigError(
+            f"adapter.llm_layer must be in [1, {n_layers - 1}] (prune after that many of the "
+            f"{n_layers} decoder layers of model={cfg.model.name}), got {adapter.llm_layer}"
+        )
 
 
 def _suggest(key: str, choices: Iterable[str], prefix: str = "") -> str:
@@ -175,11 +294,10 @@ def _suggest(key: str, choices: Iterable[str], prefix: str = "") -> str:
 
 
 def finalize(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Checks Hydra cannot make: schema'd keys, pruner x strategy groups, budget, device, pruner arguments."""
+    """Checks Hydra cannot make: schema'd keys, value limits, pruner x strategy groups, required
+    parameters, budget, device, pruner arguments, pruning point and layer."""
     from prunekit.core.budget import check_budget
-    from prunekit.core.errors import check_choice
 
-    _check_typed_keys(cfg)
     pruner = cfg.pruner.name
     if pruner != "composed":
         for group in COMPOSED_FROM_GROUPS:
@@ -190,19 +308,21 @@ def finalize(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
                     f"own parameters (pruner.<key>=..., see `prunekit list {pruner}`)"
                 )
             cfg[group] = None
+    _check_required(cfg)
+    _check_typed_keys(cfg)
     try:
         check_budget(cfg.budget)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"budget: {exc}") from None
     try:
-        check_choice("adapter.positions", cfg.adapter.positions, ("contiguous", "original"))
         resolve_device(cfg.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     try:
-        build_pruner(cfg)
+        built = build_pruner(cfg)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"pruner={pruner}: {exc}") from None
+    _check_pruning_point(cfg, built)
     return cfg
 
 
@@ -263,14 +383,21 @@ def explain(exc: BaseException, overrides: Sequence[str], hydra_compose: Any = N
         if "No match in the defaults list" in text:
             return f"unknown config group '{key}'.{did_you_mean(key, GROUPS)}"
         parent, _, leaf = key.rpartition(".")
-        return f"unknown key '{key}'.{_suggest(leaf, _keys_at(parent, overrides, hydra_compose), parent)}"
+        node = _node_at(parent, overrides, hydra_compose)
+        keys = [str(k) for k in node] if isinstance(node, DictConfig) else []
+        if hydra_compose is None and not parent:
+            keys = list(GROUPS)
+        return (
+            f"unknown key '{key}'.{_suggest(leaf, keys, parent)}"
+            f"{_parameter_hint(parent, leaf, node)}"
+        )
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _keys_at(path: str, overrides: Sequence[str], hydra_compose: Any) -> list[str]:
-    """The valid keys at ``path`` of the config the group choices in ``overrides`` compose."""
+def _node_at(path: str, overrides: Sequence[str], hydra_compose: Any) -> Any:
+    """The node at ``path`` of the config the group choices in ``overrides`` compose."""
     if hydra_compose is None:
-        return list(GROUPS) if not path else []
+        return None
     # the group choices (and the search path) of the failing command, without its other overrides
     keep = [
         o
@@ -282,8 +409,7 @@ def _keys_at(path: str, overrides: Sequence[str], hydra_compose: Any) -> list[st
         base = hydra_compose(CONFIG_NAME, overrides=keep)
     except Exception:
         base = hydra_compose(CONFIG_NAME, overrides=[])
-    node = OmegaConf.select(base, path) if path else base
-    return [str(k) for k in node] if isinstance(node, DictConfig) else []
+    return OmegaConf.select(base, path) if path else base
 
 
 # -- building objects ------------------------------------------------------------------

@@ -25,8 +25,9 @@ from prunekit.experiments.config import (
 )
 from prunekit.experiments.records import environment, write_json
 
-#: keys that do not change a run's results (left out when a rerun compares configs)
-NON_RESULT_KEYS = (("bench", "progress"),)
+#: keys that do not change a run's results (left out when a rerun compares configs);
+#: ``model.llm_layers`` only checks ``adapter.llm_layer`` (runs recorded before it existed match)
+NON_RESULT_KEYS = (("bench", "progress"), ("model", "llm_layers"))
 
 
 def seed_everything(seed: int) -> None:

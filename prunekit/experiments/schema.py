@@ -12,6 +12,13 @@ and annotated types. A plugin's pruner is therefore selectable as
 file of the same group (e.g. ``pruner/resprune.yaml``) extends the generated
 schema ``schema/<group>/<name>`` and takes precedence.
 
+Types are checked by OmegaConf; value ranges and choices by
+:func:`prunekit.experiments.config.finalize`, from the fields' metadata
+(:func:`bounded`, :func:`one_of`), so that ``bench.batch_size=0`` fails at
+composition too. A component parameter without a default is ``MISSING``
+(``???``) in its schema; :func:`~prunekit.experiments.config.finalize` refuses a
+config that does not set it.
+
 Parameters that a config cannot express (a tensor, a callable) are left out of
 the schema: the factory's own default is used. Literal choices are typed
 ``str``; the factory checks them when :func:`prunekit.experiments.build_pruner`
@@ -41,6 +48,43 @@ COMPOSED_FROM_GROUPS = ("relevance", "selection")
 _PRIMITIVES = (bool, int, float, str)
 
 
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    multiple_of: int | None = None,
+) -> Any:
+    """A dataclass field whose value must lie in a range (checked at composition; ``None`` passes)."""
+    limits = {"ge": ge, "gt": gt, "le": le, "multiple_of": multiple_of}
+    return field(default=default, metadata={k: v for k, v in limits.items() if v is not None})
+
+
+def one_of(default: str, *choices: str) -> Any:
+    """A dataclass field whose value must be one of ``choices`` (checked at composition)."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def check_value(key: str, value: Any, metadata: Any) -> None:
+    """Raise ``ValueError`` naming ``key`` if ``value`` breaks its field's ``metadata`` limits."""
+    if value is None:
+        return
+    choices = metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{key} must be one of {list(choices)}, got {value!r}")
+    ge, gt, le = metadata.get("ge"), metadata.get("gt"), metadata.get("le")
+    if ge is not None and value < ge:
+        raise ValueError(f"{key} must be >= {ge}, got {value!r}")
+    if gt is not None and value <= gt:
+        raise ValueError(f"{key} must be > {gt}, got {value!r}")
+    if le is not None and value > le:
+        raise ValueError(f"{key} must be <= {le}, got {value!r}")
+    step = metadata.get("multiple_of")
+    if step is not None and value % step:
+        raise ValueError(f"{key} must be a multiple of {step}, got {value!r}")
+
+
 # -- fixed schemas -------------------------------------------------------------------------
 @dataclass
 class AdapterConf:
@@ -51,8 +95,9 @@ class AdapterConf:
     """
 
     tokenizer: bool = True
-    positions: str = "contiguous"
-    llm_layer: Optional[int] = None  # noqa: UP045 - OmegaConf reads typing.Optional
+    positions: str = one_of("contiguous", "contiguous", "original")
+    #: prune inside the language model after this many decoder layers (``model.llm_layers``)
+    llm_layer: Optional[int] = bounded(None, ge=1)  # noqa: UP045 - OmegaConf reads typing.Optional
     before_projector: bool = False
 
 
@@ -60,8 +105,8 @@ class AdapterConf:
 class BenchConf:
     """How a data set is evaluated (see :mod:`prunekit.experiments.bench`)."""
 
-    batch_size: int = 8
-    max_new_tokens: int = 4
+    batch_size: int = bounded(8, ge=1)
+    max_new_tokens: int = bounded(4, ge=1)
     #: decode only the data set's answers (closed-vocabulary VQA); off: free generation
     closed_answers: bool = True
     #: also run the unpruned model and report agreement with its answers
@@ -74,18 +119,27 @@ class BenchConf:
 class TinyLoaderConf:
     _target_: str = "prunekit.models.tiny.load"
     seed: int = 0
-    image_size: int = 64
-    patch_size: int = 8
-    hidden_size: int = 32
-    num_layers: int = 2
-    initializer_range: float = 0.1
+    image_size: int = bounded(64, ge=1)
+    patch_size: int = bounded(8, ge=1)
+    hidden_size: int = bounded(32, ge=4, multiple_of=4)  # 4 attention heads
+    num_layers: int = bounded(2, ge=1)
+    initializer_range: float = bounded(0.1, gt=0)
+
+    @staticmethod
+    def check(node: Any, path: str) -> None:
+        """Checks across fields (called by ``finalize``)."""
+        if node.image_size % node.patch_size:
+            raise ValueError(
+                f"{path}.image_size must be a multiple of {path}.patch_size "
+                f"({node.patch_size}), got {node.image_size}"
+            )
 
 
 @dataclass
 class MiniLlavaLoaderConf:
     _target_: str = "prunekit.models.minillava.load"
-    image_size: int = 224
-    attn_implementation: str = "sdpa"
+    image_size: int = bounded(224, ge=112, le=224, multiple_of=14)  # minillava.RESOLUTIONS
+    attn_implementation: str = one_of("sdpa", "sdpa", "eager")
 
 
 @dataclass
@@ -94,22 +148,29 @@ class ModelConf:
 
     ``prompt`` is the model's prompt format, ``{question}`` replaced by the
     question; ``null``: the processor's own ``chat_prompt(question)``.
+    ``llm_layers`` is the number of decoder layers of the language model, which
+    lets ``adapter.llm_layer`` be checked at composition, without loading the
+    model; ``null`` (unknown): it is checked when the model is loaded, before
+    the first run of a sweep.
     """
 
     name: str = MISSING
     loader: Any = MISSING
     prompt: Optional[str] = "<image>\n{question}"  # noqa: UP045
+    llm_layers: Optional[int] = bounded(None, ge=1)  # noqa: UP045
 
 
 @dataclass
 class MiniLlavaModelConf(ModelConf):
     loader: MiniLlavaLoaderConf = field(default_factory=MiniLlavaLoaderConf)
     prompt: Optional[str] = None  # noqa: UP045
+    llm_layers: Optional[int] = bounded(30, ge=1)  # noqa: UP045 - SmolLM2-135M
 
 
 @dataclass
 class TinyModelConf(ModelConf):
     loader: TinyLoaderConf = field(default_factory=TinyLoaderConf)
+    llm_layers: Optional[int] = "${.loader.num_layers}"  # type: ignore[assignment]  # noqa: UP045
 
 
 @dataclass
@@ -118,8 +179,8 @@ class TinyDataConf:
 
     _target_: str = "prunekit.experiments.datasets.tiny"
     name: str = "tiny"
-    n_samples: int = 8
-    image_size: int = 64
+    n_samples: int = bounded(8, ge=1)
+    image_size: int = bounded(64, ge=8)
     seed: int = 0
 
 
@@ -129,8 +190,8 @@ class EasyVQAConf:
 
     _target_: str = "prunekit.experiments.datasets.easyvqa"
     name: str = "easyvqa"
-    split: str = "test"
-    n_samples: int = 200
+    split: str = one_of("test", "train", "test")
+    n_samples: int = bounded(200, ge=1)
     seed: int = 0
 
 
@@ -140,9 +201,9 @@ class ShapesConf:
 
     _target_: str = "prunekit.experiments.datasets.shapes"
     name: str = "shapes"
-    split: str = "test"
-    n_images: int = 100
-    per_kind: int = 1
+    split: str = one_of("test", "train", "test")
+    n_images: int = bounded(100, ge=1)
+    per_kind: int = bounded(1, ge=1)
     seed: int = 0
 
 

@@ -7,20 +7,27 @@ the same sweep elsewhere (``submitit_slurm``, ``ray``, ``joblib``: see
 ``docs/ablation.rst``), with no change to prunekit.
 
 Before anything runs, every run's config is composed and checked
-(:func:`prunekit.experiments.config.compose_sweep`). Each run writes its own
+(:func:`prunekit.experiments.config.compose_sweep`; a model option that does not
+declare ``llm_layers`` has ``adapter.llm_layer`` checked on the loaded model,
+still before the first run). Each run writes its own
 folder, ``<sweep dir>/<overrides>`` (``hydra.job.override_dirname``: the run's
 overrides sorted by key, e.g. ``budget=0.111,relevance=none,selection=topk``),
 so a rerun of the same command finds it: a folder whose ``result.json`` holds
 the same resolved config is skipped. An interrupted sweep resumes where it
-stopped. The summary (:mod:`prunekit.experiments.summary`) covers exactly the
-runs of the command.
+stopped. A run that fails (an exception inside it) writes ``failure.json``
+(its overrides, the error, the traceback) into its folder instead of
+``result.json``; the other runs go on, the summary
+(:mod:`prunekit.experiments.summary`) covers the runs of the command that
+finished, and the failed runs are reported by name.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +40,9 @@ from prunekit.experiments.config import (
     CONFIG_MODULE,
     CONFIG_NAME,
     VERSION_BASE,
+    ConfigError,
+    attach_options,
+    build_model,
     compose_sweep,
     finalize,
     override_key,
@@ -40,7 +50,26 @@ from prunekit.experiments.config import (
     setup,
     task_overrides,
 )
+from prunekit.experiments.records import write_json
 from prunekit.experiments.runner import finished_result, resolved_config, run_dataset
+
+#: the file a failed run writes into its folder (instead of ``result.json``)
+FAILURE_FILE = "failure.json"
+
+
+def error_line(exc: BaseException) -> str:
+    """``"RuntimeError: first line of the message"``: an exception on one line."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    """The ``failure.json`` of a run folder (``None`` if the run has not failed)."""
+    path = Path(run_dir) / FAILURE_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -57,13 +86,27 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         print(f"[skip] {name}: finished earlier ({run_dir / 'result.json'})", flush=True)
         return done
     print(f"[run]  {name}", flush=True)
-    result = run_dataset(
-        cfg,
-        run_dir,
-        overrides=overrides,
-        cache_dir=Path(hydra_cfg.sweep.dir) / ".cache",
-        name=name,
-    )
+    failure = run_dir / FAILURE_FILE
+    failure.unlink(missing_ok=True)
+    try:
+        result = run_dataset(
+            cfg,
+            run_dir,
+            overrides=overrides,
+            cache_dir=Path(hydra_cfg.sweep.dir) / ".cache",
+            name=name,
+        )
+    except Exception as exc:  # one failed run must not lose the others' summary
+        error = error_line(exc)
+        record = {
+            "name": name,
+            "overrides": task_overrides(overrides),
+            "error": error,
+            "traceback": traceback.format_exc(),
+        }
+        write_json(failure, record)
+        print(f"[fail] {name}: {error} (traceback in {failure})", flush=True)
+        return {"name": name, "failed": error}
     m = result["metrics"]
     loyalty = f", loyalty {m['loyalty']:.3f}" if "loyalty" in m else ""
     print(
@@ -110,6 +153,10 @@ class Ablation:
     finished_before: list[Path] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     summary: Any = None
+    #: each run's checked config, in the order of :attr:`runs`
+    configs: list[DictConfig] = field(default_factory=list)
+    #: the ``failure.json`` records of the runs that failed (no result)
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def missing(self) -> list[Path]:
@@ -131,9 +178,30 @@ def plan(
     for run, cfg in runs:
         run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
         ablation.runs.append((task_overrides(run), run_dir))
+        ablation.configs.append(cfg)
         if finished_result(run_dir, resolved_config(cfg)) is not None:
             ablation.finished_before.append(run_dir)
     return ablation
+
+
+def check_on_models(ablation: Ablation) -> None:
+    """Check ``adapter.llm_layer`` on the loaded model for the runs whose model option has no
+    ``llm_layers`` (composition could not check it); raises :class:`ConfigError` before any run."""
+    from prunekit.adapters.attach import find_adapter
+
+    for (run, run_dir), cfg in zip(ablation.runs, ablation.configs):
+        if run_dir in ablation.finished_before or cfg.adapter.llm_layer is None:
+            continue
+        if cfg.model.get("llm_layers") is not None:
+            continue  # checked at composition
+        model, processor = build_model(cfg)  # kept for the runs (build_model reuses it)
+        try:
+            find_adapter(model)(model, **attach_options(cfg, processor))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"run {' '.join(run) or 'default'}: adapter.llm_layer={cfg.adapter.llm_layer} "
+                f"on model={cfg.model.name}: {exc}"
+            ) from None
 
 
 def ablate(
@@ -158,6 +226,7 @@ def ablate(
             state = "finished" if run_dir in ablation.finished_before else "to run"
             echo(f"  {run_dir.name}  [{state}]  {' '.join(run)}")
         return ablation
+    check_on_models(ablation)
     started = datetime.now(timezone.utc)
     argv = list(overrides)
     if out is not None and not any(override_key(o) == "hydra.sweep.dir" for o in argv):
@@ -167,16 +236,20 @@ def ablate(
         command=shlex.join(["prunekit", "ablate", *overrides]),
     )
     ablation.results = read_results([d for _, d in ablation.runs])
+    ablation.failures = [f for f in map(read_failure, ablation.missing) if f is not None]
     if ablation.results:
-        ablation.summary = write_summary(ablation.results, ablation.sweep_dir)
+        ablation.summary = write_summary(
+            ablation.results, ablation.sweep_dir, failed=ablation.failures
+        )
         echo("")
         echo(ablation.summary.markdown.rstrip())
         echo("")
         for kind, path in ablation.summary.paths.items():
             echo(f"{kind}: {path}")
     fresh = sum(1 for r in ablation.results if datetime.fromisoformat(r["finished"]) >= started)
+    failed = f", {len(ablation.failures)} failed" if ablation.failures else ""
     echo(
         f"{len(ablation.results)} / {n} runs finished ({fresh} now, "
-        f"{len(ablation.results) - fresh} earlier)"
+        f"{len(ablation.results) - fresh} earlier){failed}"
     )
     return ablation
