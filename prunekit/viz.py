@@ -1,8 +1,9 @@
 """Pictures of what a pruner kept (PNG-ready ``PIL`` images).
 
-* :func:`kept_overlay`: the image with the dropped patches dimmed and the kept ones outlined;
+* :func:`kept_overlay`: the image with the dropped patches dimmed and the kept ones outlined,
+  optionally under a title naming the pruner and budget;
 * :func:`relevance_heatmap`: per-patch scores (e.g. :attr:`PruneResult.scores`, ResPrune's
-  relevance weights) colour-mapped over the image, with an optional colour bar;
+  relevance weights) colour-mapped over the image, with a colour bar;
 * :func:`tile_layout`: several tiles, each with its own patch grid and kept mask, on a grid
   of panels; :func:`llava_next_layout` and :func:`internvl_layout` build it for
   any-resolution (LLaVA-NeXT: base view + crops) and tiled (InternVL: tiles + thumbnail)
@@ -38,6 +39,10 @@ Grid = tuple[int, int]
 TITLE_HEIGHT = 20
 #: width in pixels of the colour bar :func:`relevance_heatmap` appends with ``colorbar=True``
 COLORBAR_WIDTH = 64
+#: height in pixels of the colour bar at the foot of :func:`side_by_side`'s heatmaps
+STRIP_HEIGHT = 20
+#: height in pixels of that bar's colour ramp (under its label row)
+STRIP_RAMP = 6
 #: gap in pixels between the crops / tiles of one view in :func:`tile_layout`
 TILE_GAP = 4
 #: gap in pixels between two groups of a model layout (e.g. base view and crop grid)
@@ -239,6 +244,29 @@ def _text(
     draw.text((x, y), text, fill=fill, font=font)
 
 
+def _colour_strip(
+    canvas: Image.Image, xy: tuple[int, int], width: int, lo: float, hi: float, cmap: str
+) -> None:
+    """A horizontal colour bar at ``xy``: black label row (``lo`` left, ``hi`` right), then
+    the ramp from ``cmap(0)`` (score ``lo``) to ``cmap(1)`` (score ``hi``); uniform scores
+    (``hi <= lo``) show the one colour they all get, ``cmap(0.5)``."""
+    x, y = xy
+    text_h = STRIP_HEIGHT - STRIP_RAMP
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((x, y, x + width - 1, y + text_h - 1), fill=(0, 0, 0))
+    white = (255, 255, 255)
+    if hi > lo:
+        ramp = colormap(np.linspace(0.0, 1.0, width), cmap)
+        _text(draw, (x, y), f"{lo:.3g}", width // 2, text_h, fill=white, centre=False)
+        label = f"{hi:.3g}"
+        label_w = int(draw.textlength(label, font=_font(max(8, min(13, text_h - 6))))) + 4
+        _text(draw, (x + width - label_w, y), label, label_w, text_h, fill=white, centre=False)
+    else:
+        ramp = colormap(np.full(width, 0.5), cmap)
+        _text(draw, (x, y), f"uniform scores {lo:.3g}", width, text_h, fill=white)
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], STRIP_RAMP, axis=0)), (x, y + text_h))
+
+
 def _finish(picture: Image.Image, save: str | Path | None) -> Image.Image:
     if save is not None:
         picture.save(Path(save))
@@ -258,9 +286,11 @@ def kept_overlay(
     outline: Color | None = (255, 200, 0),
     present: torch.Tensor | None = None,
     absent_color: Color = ABSENT_COLOR,
+    title: str | None = None,
+    title_height: int = TITLE_HEIGHT,
     save: str | Path | None = None,
 ) -> Image.Image:
-    """The image with dropped patches darkened to ``dim`` brightness.
+    """The image with dropped patches darkened to ``dim`` brightness, optionally titled.
 
     Args:
         image: the picture (PIL or HxWx3 uint8).
@@ -271,9 +301,12 @@ def kept_overlay(
         outline: colour of kept-patch borders, or ``None``.
         present: optional ``(rows * cols,)`` bool, ``False`` for grid cells that are no
             token (drawn flat in ``absent_color``).
+        title: a title bar above the picture, e.g. the pruner and budget
+            (``"resprune, budget 0.25: 64/256 kept"``), so that the picture says what it shows.
         save: path to write the picture to.
 
-    Size: ``size x size`` (or the image's size).
+    Size: ``W x (t + H)`` where ``W x H`` is ``size x size`` (or the image's size) and
+    ``t = title_height`` when ``title`` is given (else 0).
     """
     out, _, _ = _render(
         image,
@@ -285,7 +318,13 @@ def kept_overlay(
         outline=outline,
         absent_color=absent_color,
     )
-    return _finish(Image.fromarray(out), save)
+    picture = Image.fromarray(out)
+    if title is not None and title_height > 0:
+        titled = Image.new("RGB", (picture.width, title_height + picture.height), BACKGROUND)
+        titled.paste(picture, (0, title_height))
+        _text(ImageDraw.Draw(titled), (0, 0), title, picture.width, title_height)
+        picture = titled
+    return _finish(picture, save)
 
 
 def relevance_heatmap(
@@ -300,7 +339,7 @@ def relevance_heatmap(
     vmax: float | None = None,
     kept: torch.Tensor | None = None,
     outline: Color | None = (255, 255, 255),
-    colorbar: bool = False,
+    colorbar: bool = True,
     save: str | Path | None = None,
 ) -> Image.Image:
     """Per-patch ``scores`` colour-mapped over the image (e.g. ``result.scores[b]``).
@@ -314,7 +353,8 @@ def relevance_heatmap(
         scores: ``(rows * cols,)`` floats, row-major.
         kept: optional kept mask whose patches get an ``outline``.
         colorbar: append a :data:`COLORBAR_WIDTH` px strip on the right with the colour
-            scale, labelled with the top and bottom values.
+            scale, labelled with the top and bottom values (on by default: colours
+            without their scale cannot be read).
 
     Size: ``(W + COLORBAR_WIDTH * colorbar) x H`` where ``W x H`` is ``size x size``
     (or the image's size).
@@ -829,8 +869,10 @@ def side_by_side(
             ``row``), a ``(mask, scores or None)`` pair or a bare mask, all over the
             ``grid`` of the image's tokens. Panels follow the mapping's order.
         heatmap: add under each panel the relevance heatmap of its scores (kept patches
-            outlined, min-max normalised per panel, the range written in its corner), or
-            a grey "no scores" panel.
+            outlined, min-max normalised per panel), with a colour bar along its bottom
+            edge (:data:`STRIP_HEIGHT` px: the panel's minimum and maximum score above
+            the colour ramp from the one to the other; uniform scores get one colour),
+            or a grey "no scores" panel.
         columns: panels per row (default: all in one row).
 
     Each title reads ``"<label>: <kept>/<tokens> kept"`` (tokens: the result's valid
@@ -881,10 +923,7 @@ def side_by_side(
             alpha=alpha,
         )
         canvas.paste(Image.fromarray(out), (x, y_map))
-        caption = f"scores {lo:.3g}…{hi:.3g}" if hi > lo else f"uniform scores {lo:.3g}"
-        box_h = 16
-        draw.rectangle((x, y_map + s - box_h, x + s - 1, y_map + s - 1), fill=(0, 0, 0))
-        _text(draw, (x, y_map + s - box_h), caption, s, box_h, fill=(255, 255, 255))
+        _colour_strip(canvas, (x, y_map + s - STRIP_HEIGHT), s, lo, hi, cmap)
     return _finish(canvas, save)
 
 
@@ -894,6 +933,8 @@ __all__ = [
     "GROUP_GAP",
     "LLAVA_NEXT_PINPOINTS",
     "PANEL_GAP",
+    "STRIP_HEIGHT",
+    "STRIP_RAMP",
     "TILE_GAP",
     "TITLE_HEIGHT",
     "colormap",

@@ -67,7 +67,8 @@ def test_overlay_marks_absent_cells_and_saves(tmp_path):
 def test_heatmap_size(colorbar):
     out = relevance_heatmap(GREY, torch.rand(16), (4, 4), size=96, colorbar=colorbar)
     assert out.size == (96 + COLORBAR_WIDTH * colorbar, 96)
-    assert relevance_heatmap(GREY, torch.rand(4), (2, 2)).size == (64, 64)  # the image's size
+    # the image's size, and a colour bar by default
+    assert relevance_heatmap(GREY, torch.rand(4), (2, 2)).size == (64 + COLORBAR_WIDTH, 64)
 
 
 def test_heatmap_colours_follow_the_scores():
@@ -92,7 +93,7 @@ def test_heatmap_blend_clip_and_non_finite():
     assert (out[40, 40] == out[5, 40]).all()  # 10 is clipped to vmax
     assert (out[40, 5] == ABSENT_COLOR).all()  # NaN: no colour
     unchanged = np.asarray(relevance_heatmap(GREY, scores, (2, 2), alpha=0.0, outline=None))
-    assert (unchanged[:32, :] == 200).all()
+    assert (unchanged[:32, :64] == 200).all()  # the picture, left of the colour bar
 
 
 def test_heatmap_outlines_kept_patches():

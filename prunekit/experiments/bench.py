@@ -194,7 +194,7 @@ def score(
     """The metrics and the per-sample records of one generation pass."""
     n = len(samples)
     rows = []
-    correct = loyal = 0
+    correct = loyal = unpruned_correct = 0
     for i, (sample, raw) in enumerate(zip(samples, generation.answers)):
         prediction = normalize_answer(raw)
         row = {
@@ -209,6 +209,7 @@ def score(
             row["reference"] = normalize_answer(reference[i])
             row["loyal"] = prediction == row["reference"]
             loyal += row["loyal"]
+            unpruned_correct += row["reference"] == normalize_answer(sample.answer)
         if i < len(generation.kept):
             row["kept"] = generation.kept[i]
         rows.append(row)
@@ -220,6 +221,8 @@ def score(
     if reference is not None:
         metrics["loyalty"] = loyal / n if n else math.nan
         metrics["loyalty_ci95"] = list(wilson_interval(loyal, n))
+        # the all-tokens reference of the summary plot: the unpruned model's own accuracy
+        metrics["unpruned_accuracy"] = unpruned_correct / n if n else math.nan
     if generation.kept:
         metrics["tokens_kept"] = sum(generation.kept) / len(generation.kept)
         metrics["tokens_in"] = sum(generation.tokens_in) / len(generation.tokens_in)
