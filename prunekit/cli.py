@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def budget_argument(text: str) -> int | float:
@@ -41,6 +43,109 @@ def budget_argument(text: str) -> int | float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def check_image(spec: str, option: str = "--image") -> None:
+    """Raise ``ValueError`` naming ``option`` unless ``spec`` is an image file PIL reads or a
+    scikit-image sample name; cheap, so commands call it before loading any model."""
+    path = Path(spec)
+    if path.is_dir():
+        raise ValueError(f"{option} {spec!r} is a folder, not an image file")
+    if path.is_file():
+        from PIL import Image
+
+        try:
+            with Image.open(path) as picture:
+                picture.verify()
+        except Exception as exc:  # PIL raises several types for unreadable files
+            raise ValueError(
+                f"{option} {spec!r} is not an image file PIL can read ({exc})"
+            ) from None
+        return
+    if path.suffix or "/" in spec or os.sep in spec:
+        raise ValueError(f"{option} {spec!r}: no such image file")
+    from prunekit.demo import sample_image
+
+    try:
+        sample_image(spec)
+    except ValueError as exc:
+        raise ValueError(f"{option}: {exc}; or give an image file") from None
+
+
+def _writable_folder(folder: Path, option: str, spec: str) -> None:
+    """Raise ``ValueError`` unless ``folder`` (or its first existing parent) is a writable folder."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{option} {spec!r}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {spec!r}: cannot write in the folder {existing}")
+
+
+def check_output_file(spec: str, option: str = "--out") -> None:
+    """Raise ``ValueError`` naming ``option`` unless a picture can be written to ``spec``
+    (a path with an image suffix, not a folder, in a folder that is or can be created)."""
+    from PIL import Image
+
+    path = Path(spec)
+    if path.is_dir():
+        raise ValueError(
+            f"{option} {spec!r} is a folder; give a picture path such as {str(path / 'kept.png')!r}"
+        )
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"{option} {spec!r} needs an image suffix such as .png or .jpg")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {spec!r} exists and is not writable")
+    _writable_folder(path.parent, option, spec)
+
+
+def check_output_folder(spec: str, option: str = "--out") -> None:
+    """Raise ``ValueError`` naming ``option`` unless ``spec`` is a folder that is or can be created."""
+    path = Path(spec)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {spec!r} is a file; this command writes a folder there")
+    _writable_folder(path, option, spec)
+
+
+def check_demo_pruner(name: str, *, encoder_only: bool) -> None:
+    """Raise ``ValueError`` unless the registered pruner ``name`` builds with its defaults
+    and works at the demo's pruning point (before the language model, no model signals
+    for the encoder-only demo)."""
+    from prunekit import create_pruner
+
+    pruner = create_pruner(name)  # an unknown name raises, with the closest registered one
+    points = pruner.pruning_points
+    if points is not None and "pre_llm" not in points:
+        raise ValueError(
+            f"--pruner {name!r} prunes only at {sorted(points)}; the demo prunes MiniLLaVA's "
+            "visual tokens before the language model (pre_llm). Try it with `prunekit run "
+            f"pruner={name}` and the adapter options it needs."
+        )
+    if encoder_only and pruner.required_signals:
+        raise ValueError(
+            f"--pruner {name!r} needs the model signals {sorted(pruner.required_signals)}, which "
+            f"the encoder-only demo does not compute; `prunekit viz --pruners {name}` shows it "
+            "on the same photo"
+        )
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Cheap checks of names and paths, so that a typo fails at once, not after a model loads."""
+    command = args.command
+    if command == "demo":
+        from prunekit.models.minillava import PROJECTOR_PATH
+
+        encoder_only = args.encoder_only or not PROJECTOR_PATH.is_file()  # see _cmd_demo
+        check_demo_pruner(args.pruner, encoder_only=encoder_only)
+        if args.image is not None:
+            check_image(args.image)
+        check_output_file(args.out)
+    elif command == "run":
+        check_image(args.image)
+        check_output_file(args.out)
+    elif command == "ablate" and args.out is not None:
+        check_output_folder(args.out)
+
+
 def _params(spec) -> str:
     return ", ".join(
         k if v is inspect.Parameter.empty else f"{k}={v!r}" for k, v in spec.parameters().items()
@@ -51,12 +156,23 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from prunekit.registry import KINDS, get_registry
 
     registry = get_registry()
+    matched = 0
     for kind in KINDS:
-        print(f"{kind}:")
-        for spec in registry.specs(kind, args.pattern):
+        specs = registry.specs(kind, args.pattern)
+        matched += len(specs)
+        if specs or args.pattern == "*":
+            print(f"{kind}:")
+        for spec in specs:
             print(f"  {spec.name:<18} [{spec.plugin}] ({_params(spec)})")
     for name, why in registry.failed_plugins.items():
         print(f"skipped plugin {name!r}: {why}", file=sys.stderr)
+    if not matched:
+        print(
+            f"prunekit list: no registered name matches {args.pattern!r} "
+            "(shell-style wildcards, case-sensitive, e.g. '*prune*'; `prunekit list` shows all)",
+            file=sys.stderr,
+        )
+        return 1
     if args.pattern == "*":
         from prunekit.experiments import group_options
 
@@ -89,6 +205,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             image=args.image,
             question=args.question,
             out=args.out,
+            verbose=args.verbose,
         )
     print(report.summary())
     return 0
@@ -111,15 +228,21 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     )
     if args.dry_run:
         return 0
-    missing = ablation.missing
+    for failure in ablation.failures:  # one line each: the run's overrides and its error
+        print(
+            f"prunekit: error: run failed: {' '.join(failure['overrides']) or 'default'}: "
+            f"{failure['error']}",
+            file=sys.stderr,
+        )
+    failed = {f["name"] for f in ablation.failures}
+    missing = [d for d in ablation.missing if d.name not in failed]
     if missing:
         print(
             f"prunekit: error: {len(missing)} runs did not finish: "
             f"{', '.join(d.name for d in missing)}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return 1 if missing or failed else 0
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:  # pragma: no cover - dispatched in main()
@@ -165,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser(
         "list", help="registered pruners, strategies and adapters; config group options"
     )
-    listing.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. '*prune*'")
+    listing.add_argument(
+        "pattern",
+        nargs="?",
+        default="*",
+        help="wildcard filter, e.g. '*prune*'; exit status 1 when nothing matches",
+    )
     listing.add_argument("--config-dir", action="append", default=[], metavar="DIR")
     listing.set_defaults(func=_cmd_list)
 
@@ -212,6 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="ask MiniLLaVA a question about an image, unpruned and pruned (offline); "
         "--encoder-only: prune a photo's DINOv2-S patch tokens",
+        description="Ask MiniLLaVA (DINOv2-S + prunekit's trained projector +\n"
+        "SmolLM2-135M-Instruct, real weights, offline) a question about an image twice:\n"
+        "with all 256 visual tokens and with the tokens a pruner keeps. Prints both\n"
+        "answers, the tokens each pass gave the language model and the prefill time of\n"
+        "each, and writes the kept tokens over the image (--out). The pruner, the image\n"
+        "and --out are checked before the model loads.",
+        epilog="examples:\n"
+        "  prunekit demo                                  resprune keeps 25 % of the tokens\n"
+        "  prunekit demo --pruner random --budget 32      any registered pruner, 32 tokens\n"
+        "  prunekit demo --image chelsea --question 'What animal is this?'\n"
+        "  prunekit demo --encoder-only --image photo.jpg DINOv2-S patch tokens only\n"
+        "`prunekit list` shows the registered pruners.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--pruner", default="resprune", help="registered pruner name")
     demo.add_argument(
@@ -232,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", default="prunekit_demo.png", help="PNG path of the kept-patch picture"
     )
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show the model-loading progress bars (GGUF de-quantisation, weights)",
+    )
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -245,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prunekit.experiments.config import ConfigError
 
     try:
+        _preflight(args)
         return args.func(args)
     except ConfigError as exc:
         print(f"prunekit: error: {exc}", file=sys.stderr)

@@ -82,18 +82,20 @@ def run_encoder_demo(
     image: str = "astronaut",
     out: str | Path = "prunekit_demo.png",
 ) -> EncoderDemoReport:
-    """Encode ``image``, prune its patch tokens with ``pruner`` at ``budget``, write the picture."""
+    """Encode ``image`` (a scikit-image sample name or an image file), prune its patch
+    tokens with ``pruner`` at ``budget``, write the picture."""
+    from prunekit.experiments.runner import load_image
     from prunekit.models.dinov2 import load_dinov2_small, preprocess
 
+    selector = create_pruner(pruner)  # names and pictures fail here, before the model loads
+    picture = np.asarray(load_image(image))
     model = load_dinov2_small()
-    picture = sample_image(image)
     pixels = preprocess(picture, size=IMAGE_SIZE)
 
     start = time.perf_counter()
     tokens = model(pixel_values=pixels).last_hidden_state[:, 1:]  # drop [CLS]
     encode_ms = 1e3 * (time.perf_counter() - start)
 
-    selector = create_pruner(pruner)
     selector.prune(tokens, budget=budget)  # warm-up (first call pays one-off allocation costs)
     start = time.perf_counter()
     result = selector.prune(tokens, budget=budget)
@@ -101,8 +103,15 @@ def run_encoder_demo(
 
     grid = IMAGE_SIZE // PATCH
     out = Path(out)
-    kept_overlay(picture, result.mask[0], (grid, grid), size=2 * IMAGE_SIZE).save(out)
     n_tokens = tokens.shape[1]
+    kept_overlay(
+        picture,
+        result.mask[0],
+        (grid, grid),
+        size=2 * IMAGE_SIZE,
+        title=picture_title(pruner, budget, int(result.counts[0]), n_tokens),
+        save=out,
+    )
     assert int(result.counts[0]) == num_kept(n_tokens, budget)
     return EncoderDemoReport(
         image=image,
@@ -114,6 +123,11 @@ def run_encoder_demo(
         picture=out,
         result=result,
     )
+
+
+def picture_title(pruner: str, budget: Budget, kept: int, tokens: int) -> str:
+    """The demo picture's title: what pruned it, with which budget, and what it kept."""
+    return f"{pruner}, budget {budget}: {kept}/{tokens} tokens kept"
 
 
 # --------------------------------------------------------------------------- the VLM demo
@@ -239,6 +253,7 @@ def run_demo(
     out: str | Path = "prunekit_demo.png",
     repeats: int = 5,
     max_new_tokens: int = 6,
+    verbose: bool = False,
 ) -> DemoReport:
     """Ask MiniLLaVA ``question`` about ``image`` with all tokens and pruned by ``pruner``.
 
@@ -253,6 +268,7 @@ def run_demo(
         repeats: prefill timings per configuration (the median is reported, after one
             warm-up pass).
         max_new_tokens: greedy answer length limit.
+        verbose: show transformers' model-loading progress bars.
     """
     import prunekit
     from prunekit.experiments.runner import load_image
@@ -260,6 +276,8 @@ def run_demo(
 
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if isinstance(pruner, str):
+        create_pruner(pruner)  # an unknown name fails here, before the model loads
     expected = None
     if image is None:
         picture, name, default_question, default_expected = demo_item()
@@ -270,7 +288,7 @@ def run_demo(
         name = image
     question = question or "What is in the picture?"
 
-    model, processor = minillava.load()
+    model, processor = minillava.load(verbose=verbose)
     inputs = dict(processor(images=[picture], text=[processor.chat_prompt(question)]))
     n_tokens = processor.num_image_tokens()
     generate = dict(max_new_tokens=max_new_tokens, do_sample=False)
@@ -294,13 +312,21 @@ def run_demo(
         output = model.generate(**inputs, **generate)
         result = handle.results[0]
     kept = int(result.counts[0])
-    pruned_width = width - n_tokens + kept  # generate returns the pruned prompt
-    pruned = Answer(answer(output, pruned_width), kept, pruned_width, pruned_ms)
+    pruned_width = width - n_tokens + kept  # the prompt the language model was given
+    # generate returns the caller's prompt (width ids), then the answer
+    pruned = Answer(answer(output, width), kept, pruned_width, pruned_ms)
 
     grid = int(round(n_tokens**0.5))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept_overlay(picture, result.mask[0], (grid, grid), size=2 * IMAGE_SIZE).save(out)
+    kept_overlay(
+        picture,
+        result.mask[0],
+        (grid, grid),
+        size=2 * IMAGE_SIZE,
+        title=picture_title(pruner, budget, kept, n_tokens),
+        save=out,
+    )
     return DemoReport(
         image=name,
         question=question,

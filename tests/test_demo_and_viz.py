@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from prunekit.viz import kept_overlay
+from prunekit.demo import picture_title
+from prunekit.viz import TITLE_HEIGHT, kept_overlay
 
 
 def test_overlay_dims_dropped_patches_only():
@@ -53,7 +54,23 @@ def test_demo_command_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "kept 64 / 256 tokens" in printed and " ms" in printed
     picture = Image.open(out)
-    assert picture.size == (448, 448)
+    assert picture.size == (448, TITLE_HEIGHT + 448)
+    # the title bar names the pruner and the budget: it is the bar drawn for that title
+    title = picture_title("resprune", 0.25, 64, 256)
+    assert title == "resprune, budget 0.25: 64/256 tokens kept"
+    bar = kept_overlay(
+        np.zeros((8, 8, 3), np.uint8), torch.ones(256, dtype=bool), (16, 16), size=448, title=title
+    )
+    other = kept_overlay(
+        np.zeros((8, 8, 3), np.uint8),
+        torch.ones(256, dtype=bool),
+        (16, 16),
+        size=448,
+        title=picture_title("random", 0.25, 64, 256),
+    )
+    top = np.asarray(picture.convert("RGB"))[:TITLE_HEIGHT]
+    assert np.array_equal(top, np.asarray(bar)[:TITLE_HEIGHT])
+    assert not np.array_equal(top, np.asarray(other)[:TITLE_HEIGHT])
 
 
 @needs_weights
@@ -133,7 +150,7 @@ def test_minillava_demo_end_to_end(tmp_path, capsys):
     assert full[-4] == "256" and pruned[-4] == "64"
     assert int(full[-3]) - int(pruned[-3]) == 192
     assert "x faster pruned" in printed
-    assert Image.open(out).size == (448, 448)
+    assert Image.open(out).size == (448, TITLE_HEIGHT + 448)
 
 
 def test_demo_rejects_unknown_image():

@@ -47,9 +47,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,6 +80,7 @@ __all__ = [
     "load",
     "load_projector",
     "load_smollm2",
+    "loading_output",
     "num_image_tokens",
     "prompt_parts",
     "save_projector",
@@ -164,10 +166,51 @@ def smollm2_dir() -> pathlib.Path:
     return path.parent
 
 
-def load_smollm2(*, attn_implementation: str = "sdpa") -> tuple[transformers.LlamaForCausalLM, Any]:
+def _no_bar(iterable: Any = None, *args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``tqdm``: the iterable itself, no progress bar."""
+    return iterable
+
+
+@contextlib.contextmanager
+def loading_output(verbose: bool = False) -> Iterator[None]:
+    """Silence transformers' model-loading output unless ``verbose``; restore it afterwards.
+
+    Loading SmolLM2 draws two progress bars, "Converting and de-quantizing GGUF tensors"
+    (a ``tqdm.auto`` bar in ``transformers.modeling_gguf_pytorch_utils``, which
+    ``disable_progress_bar`` does not reach) and "Loading weights" (transformers' own
+    bar); the first run of the demo should print its answer, not 300 bar updates.
+    Warnings and errors still show (transformers' verbosity is set to ``error``).
+    """
+    if verbose:
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    gguf_tqdm = gguf_utils.__dict__.get("tqdm")
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = _no_bar
+    try:
+        yield
+    finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_smollm2(
+    *, attn_implementation: str = "sdpa", verbose: bool = False
+) -> tuple[transformers.LlamaForCausalLM, Any]:
     """SmolLM2-135M-Instruct (float32, de-quantised from the GGUF file) and its tokenizer.
 
-    Needs ``gguf`` (and ``accelerate``); takes about 15 s on 2 CPU cores.
+    Needs ``gguf`` (and ``accelerate``); takes about 15 s on 2 CPU cores. transformers'
+    loading progress bars show only with ``verbose=True`` (see :func:`loading_output`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -178,10 +221,14 @@ def load_smollm2(*, attn_implementation: str = "sdpa") -> tuple[transformers.Lla
                 name=module,
             )
     folder = smollm2_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    llm = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=GGUF_FILE, dtype=torch.float32, attn_implementation=attn_implementation
-    )
+    with loading_output(verbose):
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+        llm = AutoModelForCausalLM.from_pretrained(
+            folder,
+            gguf_file=GGUF_FILE,
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
+        )
     # The weights are plain float tensors now; drop the GGUF quantisation marker so the
     # model saves and reloads as an ordinary checkpoint.
     for config in (llm.config, getattr(llm.model, "config", None)):
@@ -275,6 +322,7 @@ def build(
     attn_implementation: str = "sdpa",
     seed: int = 0,
     image_size: int = DEFAULT_RESOLUTION,
+    verbose: bool = False,
 ) -> tuple[transformers.LlavaForConditionalGeneration, MiniLlavaProcessor]:
     """Assemble MiniLLaVA offline; return ``(model, processor)``.
 
@@ -287,6 +335,7 @@ def build(
         attn_implementation: ``"sdpa"`` or ``"eager"`` (vision tower and LLM).
         seed: the random projector's seed.
         image_size: the processor's default resolution (see :data:`RESOLUTIONS`).
+        verbose: show transformers' loading progress bars (:func:`loading_output`).
 
     Returns:
         The model in eval mode on CPU (a stock ``LlavaForConditionalGeneration`` whose
@@ -298,7 +347,7 @@ def build(
 
     check_resolution(image_size)
     vision = load_dinov2_small(attn_implementation=attn_implementation)
-    llm, tokenizer = load_smollm2(attn_implementation=attn_implementation)
+    llm, tokenizer = load_smollm2(attn_implementation=attn_implementation, verbose=verbose)
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != IMAGE_TOKEN_ID:
         raise RuntimeError(f"the SmolLM2 tokenizer does not map {IMAGE_TOKEN} to {IMAGE_TOKEN_ID}")
 
@@ -338,9 +387,14 @@ def build(
 
 
 def load(
-    *, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa", image_size: int = 224
+    *,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    image_size: int = 224,
+    verbose: bool = False,
 ) -> tuple[transformers.LlavaForConditionalGeneration, MiniLlavaProcessor]:
-    """MiniLLaVA with the committed projector (:data:`PROJECTOR_PATH`)."""
+    """MiniLLaVA with the committed projector (:data:`PROJECTOR_PATH`); ``verbose`` shows
+    transformers' loading progress bars."""
     if not PROJECTOR_PATH.is_file():
         raise FileNotFoundError(
             f"The trained MiniLLaVA projector {PROJECTOR_PATH} is missing. Train it with "
@@ -349,7 +403,11 @@ def load(
             "projector."
         )
     return build(
-        PROJECTOR_PATH, dtype=dtype, attn_implementation=attn_implementation, image_size=image_size
+        PROJECTOR_PATH,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        image_size=image_size,
+        verbose=verbose,
     )
 
 
