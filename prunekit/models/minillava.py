@@ -75,8 +75,10 @@ __all__ = [
     "RESOLUTIONS",
     "MiniLlavaProcessor",
     "build",
+    "CHAT_TEMPLATE",
     "chat_prompt",
     "check_resolution",
+    "export",
     "load",
     "load_projector",
     "load_smollm2",
@@ -132,6 +134,19 @@ def prompt_parts(question: str) -> tuple[str, str]:
 
 #: the text that ends every answer (SmolLM2's end-of-turn token)
 ANSWER_END = _END
+
+#: :func:`chat_prompt` as a Jinja chat template (the exported checkpoint's): a user turn
+#: of one image and a question gives exactly ``chat_prompt(question)`` with the image
+#: written as :data:`IMAGE_TOKEN`, which ``LlavaProcessor`` expands
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for item in message['content'] if item['type'] == 'image' %}{{ '"
+    + IMAGE_TOKEN
+    + "' }}{% endfor %}{% for item in message['content'] if item['type'] == 'text' %}"
+    "{{ '\n' + item['text'] }}{% endfor %}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 def num_image_tokens(image_size: int = DEFAULT_RESOLUTION) -> int:
@@ -409,6 +424,61 @@ def load(
         image_size=image_size,
         verbose=verbose,
     )
+
+
+def export(
+    directory: str | pathlib.Path,
+    *,
+    image_size: int = DEFAULT_RESOLUTION,
+    loaded: tuple[Any, MiniLlavaProcessor] | None = None,
+    verbose: bool = False,
+) -> pathlib.Path:
+    """Write MiniLLaVA (with the committed projector) as a standard checkpoint; return its path.
+
+    ``save_pretrained`` of the model (a stock ``LlavaForConditionalGeneration`` with a
+    DINOv2 vision tower) and of a stock ``LlavaProcessor``: SmolLM2's tokenizer, an
+    image processor doing :func:`prunekit.models.dinov2.preprocess`'s steps (bicubic
+    resize to ``image_size``, no crop, ImageNet normalisation; transformers' resize
+    interpolates slightly differently, pixels differ by about 0.02), and
+    :data:`CHAT_TEMPLATE`. ``prunekit.models.load_hf(directory)``, ``model=hf
+    model.path=DIR`` and the lmms-eval plugin load it like any hub checkpoint.
+    ``loaded``: ``load()``'s result when the caller has it already (no second load).
+    """
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from prunekit.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+
+    check_resolution(image_size)
+    if loaded is not None and loaded[1].image_size != image_size:
+        raise ValueError(
+            f"loaded: its processor works at {loaded[1].image_size} px but image_size is "
+            f"{image_size}; pass the same resolution"
+        )
+    model, mini = loaded if loaded is not None else load(image_size=image_size, verbose=verbose)
+    tokenizer = mini.tokenizer
+    tokenizer.add_bos_token = False  # prompts are complete ChatML (MiniLlavaProcessor adds none)
+    image_processor = CLIPImageProcessor(
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        resample=3,  # PIL bicubic, as dinov2.preprocess
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # DINOv2's CLS, dropped by the 'default' strategy
+        image_token=IMAGE_TOKEN,
+        chat_template=CHAT_TEMPLATE,
+    )
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with loading_output(verbose):
+        model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
 
 
 # --------------------------------------------------------------------------- processor

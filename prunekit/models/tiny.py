@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -242,3 +243,201 @@ def load(
     model.generation_config.eos_token_id = EOS_ID
     n_image_tokens = (image_size // patch_size) ** 2
     return model, TinyProcessor(WordTokenizer(), image_size, n_image_tokens)
+
+
+# -- tiny checkpoints in the real formats (for tests of model=hf and the lmms-eval plugin) --
+#: the VLM families :func:`save_tiny_checkpoint` writes
+CHECKPOINT_FAMILIES = ("llava", "llava_next", "internvl")
+#: special tokens of the tiny checkpoints' tokenizer (one vocabulary for every family)
+CHECKPOINT_SPECIALS = (
+    PAD,
+    BOS,
+    EOS,
+    UNK,
+    IMAGE,
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<video>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "[INST]",
+    "[/INST]",
+)
+_CHAT_WORDS = "user assistant system answer question using single word or phrase"
+_SYMBOLS = ". , ? ! : ; ' \" ( ) - 0 1 2 3 4 5 6 7 8 9"
+_CHECKPOINT_WORDS = (*WORDS, *_CHAT_WORDS.split(), *_SYMBOLS.split())
+#: chat templates in the style of each family's public checkpoints (llava-1.5-hf,
+#: llava-v1.6-mistral-hf, InternVL3-hf): images first, then the text
+CHAT_TEMPLATES = {
+    "llava": (
+        "{% for message in messages %}{{ message['role'].upper() + ': ' }}"
+        "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>\n' }}"
+        "{% endfor %}{% for item in message['content'] if item['type'] == 'text' %}"
+        "{{ item['text'] + ' ' }}{% endfor %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    ),
+    "llava_next": (
+        "{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+        "{% endif %}{% for item in message['content'] if item['type'] == 'image' %}"
+        "{{ '<image>\n' }}{% endfor %}"
+        "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] }}"
+        "{% endfor %}{% if message['role'] == 'user' %}{{ ' [/INST]' }}{% else %}"
+        "{{ '</s>' }}{% endif %}{% endfor %}"
+    ),
+    "internvl": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% for item in message['content'] if item['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+        "{% endfor %}{% for item in message['content'] if item['type'] == 'text' %}"
+        "{{ item['text'] }}{% endfor %}{{ '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+}
+_CKPT_IMAGE, _CKPT_PATCH, _CKPT_WIDTH = 32, 8, 32
+
+
+def checkpoint_tokenizer(*, add_bos: bool = True) -> transformers.PreTrainedTokenizerFast:
+    """A word-level ``tokenizers`` tokenizer (lower case; unknown words -> ``<unk>``) with the
+    special tokens of every family's processor, as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    vocab: dict[str, int] = {}
+    for token in (*CHECKPOINT_SPECIALS, *_CHECKPOINT_WORDS):
+        vocab.setdefault(token, len(vocab))
+    raw = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    raw.normalizer = normalizers.Lowercase()
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.add_special_tokens(list(CHECKPOINT_SPECIALS))
+    if add_bos:  # Llama-style: <s> first
+        raw.post_processor = processors.TemplateProcessing(
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+        )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="left",
+        extra_special_tokens={
+            "image_token": IMAGE,
+            "start_image_token": "<img>",
+            "end_image_token": "</img>",
+            "context_image_token": "<IMG_CONTEXT>",
+            "video_token": "<video>",
+        },
+    )
+
+
+def _checkpoint_parts(family: str, tokenizer: Any, initializer_range: float) -> tuple[Any, Any]:
+    """``(config, processor)`` of one tiny family (32 px images of 8 px patches, 2 layers)."""
+    ids = tokenizer.convert_tokens_to_ids
+    text_kwargs = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=_CKPT_WIDTH,
+        intermediate_size=2 * _CKPT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=ids(PAD),
+        bos_token_id=ids(BOS),
+        eos_token_id=ids(EOS),
+        initializer_range=initializer_range,
+    )
+    vision_kwargs = dict(
+        hidden_size=_CKPT_WIDTH,
+        intermediate_size=2 * _CKPT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=_CKPT_IMAGE,
+        patch_size=_CKPT_PATCH,
+        initializer_range=initializer_range,
+    )
+    template = CHAT_TEMPLATES[family]
+    if family == "internvl":
+        config = transformers.InternVLConfig(
+            vision_config=transformers.InternVLVisionConfig(**vision_kwargs),
+            text_config=transformers.Qwen2Config(**text_kwargs),
+            image_token_id=ids("<IMG_CONTEXT>"),
+            image_seq_length=4,  # (32 / 8) ** 2 patches, pixel shuffle 0.5
+            downsample_ratio=0.5,
+            initializer_range=initializer_range,
+        )
+        image_processor = transformers.GotOcr2ImageProcessor(
+            size={"height": _CKPT_IMAGE, "width": _CKPT_IMAGE},
+            crop_to_patches=True,
+            min_patches=1,
+            max_patches=4,
+        )
+        processor = transformers.InternVLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=transformers.InternVLVideoProcessor(),
+            image_seq_length=4,
+            chat_template=template,
+        )
+        return config, processor
+    vision = transformers.CLIPVisionConfig(**vision_kwargs, projection_dim=_CKPT_WIDTH)
+    common = dict(
+        vision_config=vision,
+        text_config=transformers.LlamaConfig(**text_kwargs),
+        image_token_id=ids(IMAGE),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        initializer_range=initializer_range,
+    )
+    crop = {"height": _CKPT_IMAGE, "width": _CKPT_IMAGE}
+    processor_kwargs = dict(
+        tokenizer=tokenizer,
+        patch_size=_CKPT_PATCH,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS, dropped by the 'default' strategy
+        image_token=IMAGE,
+        chat_template=template,
+    )
+    if family == "llava":
+        config = transformers.LlavaConfig(**common, projector_hidden_act="gelu")
+        image_processor = transformers.CLIPImageProcessor(
+            size={"shortest_edge": _CKPT_IMAGE}, crop_size=crop
+        )
+        return config, transformers.LlavaProcessor(image_processor, **processor_kwargs)
+    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    config = transformers.LlavaNextConfig(**common, image_grid_pinpoints=pinpoints)
+    image_processor = transformers.LlavaNextImageProcessor(
+        size={"shortest_edge": _CKPT_IMAGE}, crop_size=crop, image_grid_pinpoints=pinpoints
+    )
+    return config, transformers.LlavaNextProcessor(image_processor, **processor_kwargs)
+
+
+def save_tiny_checkpoint(
+    family: str, directory: str | Path, *, seed: int = 0, initializer_range: float = 0.1
+) -> Path:
+    """Write a tiny random checkpoint of ``family`` (``llava``, ``llava_next``, ``internvl``)
+    into ``directory`` and return its path.
+
+    The folder is what ``save_pretrained`` writes for a real checkpoint: the model
+    (config, safetensors weights, generation config) and its processor (the family's
+    real processor class, image processor, a word-level tokenizer with the special
+    tokens the processor needs, and a chat template in the style of the family's public
+    checkpoints), so ``prunekit.models.load_hf(directory)`` and
+    ``AutoProcessor.from_pretrained(directory)`` load it offline. Images are 32 px of
+    8 px patches (16 visual tokens per LLaVA image; 4 per InternVL tile); the language
+    model has 2 layers. Random weights: a pipeline check, never a measurement.
+    """
+    if family not in CHECKPOINT_FAMILIES:
+        raise ValueError(f"family must be one of {list(CHECKPOINT_FAMILIES)}, got {family!r}")
+    directory = Path(directory)
+    tokenizer = checkpoint_tokenizer(add_bos=family != "internvl")  # Qwen2 adds no BOS
+    config, processor = _checkpoint_parts(family, tokenizer, initializer_range)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.AutoModelForImageTextToText.from_config(config).eval()
+    generation = model.generation_config
+    generation.bos_token_id = tokenizer.bos_token_id
+    generation.eos_token_id = tokenizer.eos_token_id
+    generation.pad_token_id = tokenizer.pad_token_id
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
