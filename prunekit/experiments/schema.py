@@ -107,7 +107,8 @@ class BenchConf:
 
     batch_size: int = bounded(8, ge=1)
     max_new_tokens: int = bounded(4, ge=1)
-    #: decode only the data set's answers (closed-vocabulary VQA); off: free generation
+    #: decode only the data set's answers (closed-vocabulary VQA); off: free generation.
+    #: Benchmarks (data=vqa, gqa, mc, pope) have no closed answer set: always free
     closed_answers: bool = True
     #: also run the unpruned model and report agreement with its answers
     loyalty: bool = True
@@ -174,6 +175,40 @@ class TinyModelConf(ModelConf):
 
 
 @dataclass
+class HfLoaderConf:
+    """:func:`prunekit.models.hf.load_hf`'s arguments, taken from the ``model`` node's keys."""
+
+    _target_: str = "prunekit.models.hf.load_hf"
+    path: str = "${..path}"
+    revision: Optional[str] = "${..revision}"  # noqa: UP045
+    dtype: str = "${..dtype}"
+    device_map: Optional[str] = "${..device_map}"  # noqa: UP045
+    attn_implementation: Optional[str] = "${..attn_implementation}"  # noqa: UP045
+    trust_remote_code: bool = "${..trust_remote_code}"  # type: ignore[assignment]
+
+
+@dataclass
+class HfModelConf(ModelConf):
+    """Any checkpoint of a supported family (:func:`prunekit.models.hf.load_hf`).
+
+    ``path``: a hub id or a local folder (required). ``prompt`` ``null``: the
+    checkpoint's own chat template. ``llm_layers`` ``null``: read from the
+    checkpoint's ``config.json`` at composition when it is on disk.
+    """
+
+    name: str = "hf"
+    path: str = MISSING
+    revision: Optional[str] = None  # noqa: UP045
+    dtype: str = one_of("auto", "auto", "bfloat16", "float16", "float32")
+    #: e.g. ``auto`` to spread the model over the GPUs of a node; ``null``: on ``device``
+    device_map: Optional[str] = None  # noqa: UP045
+    attn_implementation: Optional[str] = None  # noqa: UP045
+    trust_remote_code: bool = False
+    loader: HfLoaderConf = field(default_factory=HfLoaderConf)
+    prompt: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
 class TinyDataConf:
     """A handful of generated shape pictures with shape / colour questions."""
 
@@ -205,6 +240,46 @@ class ShapesConf:
     n_images: int = bounded(100, ge=1)
     per_kind: int = bounded(1, ge=1)
     seed: int = 0
+
+
+@dataclass
+class BenchmarkColumnsConf:
+    """Which column holds what (``null``: found by name, see
+    :data:`prunekit.data.benchmarks.COLUMNS`)."""
+
+    id: Optional[str] = None  # noqa: UP045
+    image: Optional[str] = None  # noqa: UP045
+    question: Optional[str] = None  # noqa: UP045
+    #: ``vqa``: the human answers (a list per question)
+    answers: Optional[str] = None  # noqa: UP045
+    answer: Optional[str] = None  # noqa: UP045
+    #: ``mc``: a list column; ``null``: ``options``, ``choices`` or letter columns A, B, ...
+    options: Optional[str] = None  # noqa: UP045
+    hint: Optional[str] = None  # noqa: UP045
+
+
+@dataclass
+class BenchmarkDataConf:
+    """A local copy of a standard benchmark (:func:`prunekit.experiments.datasets.benchmark`).
+
+    ``path`` (required): a ``.jsonl`` / ``.json`` / ``.csv`` / ``.parquet`` file or a
+    ``datasets`` ``save_to_disk`` folder; ``n_samples`` ``null``: every question;
+    ``prompt_suffix`` ``null``: the family's conventional instruction.
+    """
+
+    _target_: str = "prunekit.experiments.datasets.benchmark"
+    name: str = MISSING
+    family: str = one_of("vqa", "vqa", "gqa", "mc", "pope")
+    path: str = MISSING
+    split: Optional[str] = None  # noqa: UP045
+    image_root: Optional[str] = None  # noqa: UP045
+    #: a %-format from the image column's value to a file name, e.g. ``%s.jpg``
+    image_file: Optional[str] = None  # noqa: UP045
+    n_samples: Optional[int] = bounded(None, ge=1)  # noqa: UP045
+    prompt_suffix: Optional[str] = None  # noqa: UP045
+    #: ``vqa``: normalise the human answers like the prediction (TextVQA, VizWiz)
+    normalize_answers: bool = False
+    columns: BenchmarkColumnsConf = field(default_factory=BenchmarkColumnsConf)
 
 
 @dataclass
@@ -300,10 +375,12 @@ def register_configs() -> None:
     store.store(name="prunekit_schema", node=PrunekitConf)
     store.store(group="schema/model", name="tiny", node=TinyModelConf)
     store.store(group="schema/model", name="minillava", node=MiniLlavaModelConf)
+    store.store(group="schema/model", name="hf", node=HfModelConf)
     store.store(group="schema/model", name="base", node=ModelConf)
     store.store(group="schema/data", name="tiny", node=TinyDataConf)
     store.store(group="schema/data", name="easyvqa", node=EasyVQAConf)
     store.store(group="schema/data", name="shapes", node=ShapesConf)
+    store.store(group="schema/data", name="benchmark", node=BenchmarkDataConf)
     registry = get_registry()
     for kind in COMPONENT_GROUPS:
         for spec in registry.specs(kind):

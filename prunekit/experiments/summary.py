@@ -4,10 +4,11 @@ One table row per configuration (run). The columns are the overridden keys
 whose values differ between the runs (the keys fixed for the whole sweep are
 listed above the table), then the number of samples, accuracy with its 95 %
 Wilson interval, loyalty with its interval (when measured), the visual tokens
-kept per image and the time per sample. The plot (:func:`summary_figure`) has one
-curve per configuration without its budget, metric against the visual tokens kept,
-with the all-tokens value as a reference line and the model, data and question
-count in its title.
+kept per image and the time per sample; then, when the runs have them, POPE's F1 and
+yes-ratio, the prefill time per sample and the prefill FLOPs speed-up. The plot
+(:func:`summary_figure`) has one curve per configuration without its budget, metric
+against the visual tokens kept, with the all-tokens value as a reference line and the
+model, data and question count in its title.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ METRIC_COLUMNS = (
     "kept",
     "ms/sample",
 )
+#: columns shown when some run has them: POPE's F1 and yes-ratio, the prefill time, the
+#: prefill FLOPs speed-up of :mod:`prunekit.accounting`
+OPTIONAL_COLUMNS = ("F1", "yes ratio", "prefill ms/sample", "FLOPs speedup")
 
 
 @dataclass
@@ -104,6 +108,10 @@ def table(
                     f"{m['tokens_kept']:.1f} / {m['tokens_in']:.0f}" if "tokens_kept" in m else ""
                 ),
                 "ms/sample": m.get("ms_per_sample"),
+                "F1": m.get("pope", {}).get("f1"),
+                "yes ratio": m.get("pope", {}).get("yes_ratio"),
+                "prefill ms/sample": m.get("prefill_ms_per_sample"),
+                "FLOPs speedup": (result.get("efficiency") or {}).get("flops_speedup"),
             }
         )
         row["_result"] = result
@@ -111,6 +119,7 @@ def table(
     has_loyalty = any(r["loyalty"] is not None for r in rows)
     columns = [k for k in varying if k != "budget"] + ["budget"]
     columns += [c for c in METRIC_COLUMNS if has_loyalty or not c.startswith("loyalty")]
+    columns += [c for c in OPTIONAL_COLUMNS if any(r[c] is not None for r in rows)]
     return columns, rows, fixed
 
 
@@ -119,7 +128,9 @@ def markdown_table(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> st
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for row in rows:
         cells = [
-            _fmt(row.get(c), 1 if c == "ms/sample" else 3) if c != "budget" else str(row.get(c))
+            _fmt(row.get(c), 1 if "ms/" in c else 2 if c == "FLOPs speedup" else 3)
+            if c != "budget"
+            else str(row.get(c))
             for c in columns
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -133,7 +144,9 @@ def write_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]], path: Path
     metrics = ["n", "accuracy", "accuracy_ci_low", "accuracy_ci_high"]
     if has_loyalty:
         metrics += ["loyalty", "loyalty_ci_low", "loyalty_ci_high"]
-    metrics += ["tokens_kept", "tokens_in", "ms_per_sample", "run"]
+    metrics += ["tokens_kept", "tokens_in", "ms_per_sample"]
+    metrics += ["prefill_ms_per_sample", "decode_ms_per_sample", "flops_speedup", "kv_cache_ratio"]
+    metrics += ["pope_f1", "pope_yes_ratio", "run"]
     with Path(path).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(keys + metrics)
@@ -143,6 +156,10 @@ def write_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]], path: Path
             if has_loyalty:
                 values += [m.get("loyalty"), *m.get("loyalty_ci95", [None, None])]
             values += [m.get("tokens_kept"), m.get("tokens_in"), m.get("ms_per_sample")]
+            saved = row["_result"].get("efficiency") or {}
+            values += [m.get("prefill_ms_per_sample"), m.get("decode_ms_per_sample")]
+            values += [saved.get("flops_speedup"), saved.get("kv_cache_ratio")]
+            values += [m.get("pope", {}).get("f1"), m.get("pope", {}).get("yes_ratio")]
             values.append(row["_result"]["name"])
             writer.writerow(["" if v is None else v for v in values])
 
