@@ -38,6 +38,7 @@ REQUIRED_PAGES = (
     "ablation",
     "adapters",
     "benchmarks",
+    "evaluate",
     "api",
 )
 DOCTEST_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE

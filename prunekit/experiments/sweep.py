@@ -2,9 +2,12 @@
 
 The sweep is Hydra's own (basic sweeper, grid over every comma list,
 ``range()``, ``choice()`` or ``glob()``), and so is the launcher: the default
-runs the jobs one after the other in this process; ``hydra/launcher=...`` sends
-the same sweep elsewhere (``submitit_slurm``, ``ray``, ``joblib``: see
-``docs/ablation.rst``), with no change to prunekit.
+runs the jobs one after the other in this process; ``launcher=joblib``
+(``n_jobs`` local processes), ``launcher=submitit_slurm`` (a Slurm job array),
+``launcher=ray`` send the same runs to Hydra's launcher plugins
+(:mod:`prunekit.experiments.launch`), with no change to the runs: each job
+writes its own folder, and this process summarises the folders when the jobs
+are done.
 
 Before anything runs, every run's config is composed and checked
 (:func:`prunekit.experiments.config.compose_sweep`; a model option that does not
@@ -50,6 +53,7 @@ from prunekit.experiments.config import (
     setup,
     task_overrides,
 )
+from prunekit.experiments.launch import LauncherChoice, choose_launcher
 from prunekit.experiments.records import write_json
 from prunekit.experiments.runner import finished_result, resolved_config, run_dataset
 
@@ -157,6 +161,10 @@ class Ablation:
     configs: list[DictConfig] = field(default_factory=list)
     #: the ``failure.json`` records of the runs that failed (no result)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: the launcher (``launcher=NAME``; name ``None``: Hydra's default, in this process)
+    launcher: LauncherChoice = field(default_factory=lambda: LauncherChoice(None, []))
+    #: the overrides of the multirun (the launcher ones as Hydra's ``hydra.launcher...``)
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def missing(self) -> list[Path]:
@@ -168,13 +176,17 @@ class Ablation:
 def plan(
     overrides: Sequence[str], *, out: str | None = None, config_dirs: Sequence[str] = ()
 ) -> Ablation:
-    """Compose and check every run of the sweep; find the runs finished earlier. Runs nothing."""
-    overrides = list(overrides)
+    """Compose and check every run of the sweep and its launcher; find the runs finished earlier.
+    Runs nothing."""
+    overrides, launcher = choose_launcher(overrides, config_dirs=config_dirs)
+    overrides += launcher.hydra_overrides
     if out is not None and not any(override_key(o) == "hydra.sweep.dir" for o in overrides):
         overrides.append(f"hydra.sweep.dir={quote(str(out))}")
     runs = compose_sweep(overrides, config_dirs=config_dirs)
     first = runs[0][1]
-    ablation = Ablation(sweep_dir=Path(first.hydra.sweep.dir), runs=[])
+    ablation = Ablation(
+        sweep_dir=Path(first.hydra.sweep.dir), runs=[], launcher=launcher, overrides=overrides
+    )
     for run, cfg in runs:
         run_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)
         ablation.runs.append((task_overrides(run), run_dir))
@@ -221,6 +233,8 @@ def ablate(
         f"ablation: {n} run{'s' * (n != 1)} in {ablation.sweep_dir} "
         f"({done} finished earlier and skipped, {n - done} to run)"
     )
+    if ablation.launcher.name is not None:
+        echo(f"launcher: {ablation.launcher.describe()}")
     if dry_run:
         for run, run_dir in ablation.runs:
             state = "finished" if run_dir in ablation.finished_before else "to run"
@@ -228,13 +242,14 @@ def ablate(
         return ablation
     check_on_models(ablation)
     started = datetime.now(timezone.utc)
-    argv = list(overrides)
-    if out is not None and not any(override_key(o) == "hydra.sweep.dir" for o in argv):
-        argv.append(f"hydra.sweep.dir={quote(str(out))}")
-    launch(
-        [*argv, *search_path_override(config_dirs)],
-        command=shlex.join(["prunekit", "ablate", *overrides]),
-    )
+    if ablation.launcher.name not in (None, "basic") and done == n:
+        # on a cluster, jobs that only find their run finished still wait in the queue
+        echo(f"every run finished earlier: nothing sent to launcher={ablation.launcher.name}")
+    else:
+        launch(
+            [*ablation.overrides, *search_path_override(config_dirs)],
+            command=shlex.join(["prunekit", "ablate", *overrides]),
+        )
     ablation.results = read_results([d for _, d in ablation.runs])
     ablation.failures = [f for f in map(read_failure, ablation.missing) if f is not None]
     if ablation.results:
