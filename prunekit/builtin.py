@@ -7,6 +7,7 @@ from prunekit.adapters.internvl import InternVLAdapter
 from prunekit.adapters.llava import LlavaAdapter
 from prunekit.adapters.llava_next import LlavaNextAdapter
 from prunekit.adapters.open_clip_vit import OpenClipViTAdapter
+from prunekit.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from prunekit.adapters.timm_vit import TimmViTAdapter
 from prunekit.pruners import ComposedPruner, ResPrune
 from prunekit.registry import hookimpl
@@ -36,6 +37,7 @@ def prunekit_register(registry) -> None:
     registry.add_adapter("llava", LlavaAdapter)
     registry.add_adapter("llava_next", LlavaNextAdapter)
     registry.add_adapter("internvl", InternVLAdapter)
+    registry.add_adapter("qwen2_5_vl", Qwen2_5_VLAdapter)
     registry.add_adapter("hf_clip", HFClipAdapter)
     registry.add_adapter("hf_siglip", HFSiglipAdapter)
     registry.add_adapter("hf_dinov2", HFDinov2Adapter)
