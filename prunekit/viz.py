@@ -4,10 +4,15 @@
   optionally under a title naming the pruner and budget;
 * :func:`relevance_heatmap`: per-patch scores (e.g. :attr:`PruneResult.scores`, ResPrune's
   relevance weights) colour-mapped over the image, with a colour bar;
+* :func:`layout_picture`: the kept tokens of one image or video of any model family, laid out
+  as the model sees it, from a :class:`~prunekit.adapters.layout.TokenLayout` (where each
+  token sits). The layout comes from the family's adapter (:func:`token_layouts`: crops,
+  tiles, a dynamic-resolution grid, video frames as a strip), so the geometry lives in the
+  adapters and this one renderer draws them all; :func:`result_pictures` draws every image
+  of a pruned call from ``handle.results``. :func:`llava_next_layout` and
+  :func:`internvl_layout` are the same for one image given by its size, no model needed;
 * :func:`tile_layout`: several tiles, each with its own patch grid and kept mask, on a grid
-  of panels; :func:`llava_next_layout` and :func:`internvl_layout` build it for
-  any-resolution (LLaVA-NeXT: base view + crops) and tiled (InternVL: tiles + thumbnail)
-  models from the image and one row of ``handle.results``, laid out as the model sees them;
+  of panels;
 * :func:`side_by_side`: what several pruners keep on the same image, one titled panel each.
 
 Every function returns an RGB ``PIL.Image.Image`` and also writes it to ``save`` (a path,
@@ -503,57 +508,6 @@ def _count(flags: np.ndarray) -> int:
     return int((flags > 0.5).sum())
 
 
-def llava_next_token_cells(image_size: tuple[int, int], crop_grid: Grid, side: int) -> np.ndarray:
-    """Where each token of LLaVA-NeXT's packed sequence of one image comes from.
-
-    The sequence is the base view's ``side x side`` tokens (row-major), then the crops
-    stitched into one ``(crop_rows * side) x (crop_cols * side)`` grid, unpadded to the
-    image's aspect ratio by ``transformers``' own ``unpad_image``, row-major with one
-    newline token after each row.
-
-    Args:
-        image_size: ``(height, width)`` of the image as the model got it (``image_sizes``).
-        crop_grid: ``(crop_rows, crop_cols)`` of the crop grid.
-        side: patches per crop side (``vision image_size // patch_size``, 24 for LLaVA-1.6).
-
-    Returns:
-        ``(L, 3)`` int64 ``(view, row, col)`` per token: view 0 is the base view,
-        view ``1 + i`` the crop ``i`` (row-major over the crop grid), ``row`` / ``col``
-        the patch inside that view; newline tokens are ``(-1, -1, -1)``.
-    """
-    from transformers.models.llava_next.modeling_llava_next import unpad_image
-
-    crop_rows, crop_cols = crop_grid
-    height, width = crop_rows * side, crop_cols * side
-    coords = torch.stack(
-        torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    )  # (2, H, W): every cell's own row and column
-    kept = unpad_image(coords, [int(image_size[0]), int(image_size[1])])
-    ys, xs = kept[0, :, 0].numpy(), kept[1, 0, :].numpy()
-    base = np.stack(
-        [np.zeros(side * side, dtype=np.int64), *np.divmod(np.arange(side * side), side)], 1
-    )
-    rows = []
-    for y in ys:
-        view = 1 + (y // side) * crop_cols + xs // side
-        rows.append(np.stack([view, np.full_like(xs, y % side), xs % side], 1))
-        rows.append(np.full((1, 3), -1, dtype=np.int64))
-    return np.concatenate([base, *rows]).astype(np.int64)
-
-
-def _crop_grid(
-    image_size: tuple[int, int], crop_grid: Grid | None, grid_pinpoints: Any, crop_px: int
-) -> Grid:
-    if crop_grid is not None:
-        return (int(crop_grid[0]), int(crop_grid[1]))
-    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
-
-    rows, cols = get_anyres_image_grid_shape(
-        [int(image_size[0]), int(image_size[1])], [list(p) for p in grid_pinpoints], crop_px
-    )
-    return (int(rows), int(cols))
-
-
 def _flat_mask(mask: Any, length: int, what: str) -> np.ndarray:
     """A ``(>= length,)`` per-token mask cut to ``length``; a longer tail must be padding."""
     flat = _flat(mask)
@@ -577,6 +531,215 @@ def _score_range(scores: np.ndarray | None) -> dict[str, float]:
         return {}
     finite = scores[np.isfinite(scores)]
     return {} if finite.size == 0 else {"vmin": float(finite.min()), "vmax": float(finite.max())}
+
+
+# --------------------------------------------------------------------------- token layouts
+
+
+def _pictures(pictures: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One picture, or a sequence of them (a video's frames, also as a ``(T, H, W, 3)`` array)."""
+    if isinstance(pictures, Image.Image):
+        return [pictures]
+    if isinstance(pictures, np.ndarray):
+        return list(pictures) if pictures.ndim == 4 else [pictures]
+    return list(pictures)
+
+
+def _panel_size(grid: Grid, side: int) -> tuple[int, int]:
+    """``(width, height)`` of a panel: its longer side ``side``, the token grid's aspect ratio."""
+    rows, cols = grid
+    if cols >= rows:
+        return side, max(1, round(side * rows / cols))
+    return max(1, round(side * cols / rows)), side
+
+
+def _panel_view(picture: Image.Image, panel: Any) -> Image.Image:
+    """The region of ``picture`` under ``panel``'s grid, as the model sees it."""
+    view = picture if panel.resize is None else picture.resize(panel.resize, Image.BICUBIC)
+    if panel.canvas is not None:
+        canvas = Image.new("RGB", panel.canvas, (0, 0, 0))
+        canvas.paste(
+            view, ((panel.canvas[0] - view.width) // 2, (panel.canvas[1] - view.height) // 2)
+        )
+        view = canvas
+    return view if panel.box is None else view.crop(panel.box)
+
+
+def layout_picture(
+    pictures: ImageLike | Sequence[ImageLike],
+    layout: Any,
+    mask: torch.Tensor,
+    *,
+    scores: torch.Tensor | None = None,
+    tile_size: int = 224,
+    gap: int = TILE_GAP,
+    group_gap: int = GROUP_GAP,
+    title_height: int = TITLE_HEIGHT,
+    dim: float = 0.25,
+    outline: Color | None = (255, 200, 0),
+    cmap: str = "viridis",
+    alpha: float = 0.6,
+    save: str | Path | None = None,
+) -> Image.Image:
+    """The kept tokens of one image or video drawn over it, laid out as the model sees it.
+
+    ``layout`` is a :class:`~prunekit.adapters.layout.TokenLayout`, from the model's adapter
+    (:func:`token_layouts`) or a family's layout function, so this one renderer draws
+    every family: a base view and its crops, tiles and a thumbnail, a dynamic-resolution
+    grid, a video's frames as a strip. Every group of panels gets a title bar
+    ``"<group>: <kept>/<tokens> kept"``; groups stand side by side, top-aligned.
+
+    Args:
+        pictures: the picture given to the processor, or a video's frames (a sequence or
+            a ``(T, H, W, 3)`` array), indexed by
+            :attr:`~prunekit.adapters.layout.Panel.picture`.
+        mask: the item's per-token kept flags (``layout.length`` of them, batch padding
+            after them allowed; a ``(rows, T)`` tensor is read row-major), e.g.
+            ``result.mask[b]``, or one sequence of
+            :func:`~prunekit.adapters.layout.item_sequences`.
+        scores: optional per-token scores: heatmaps (one colour scale for the item)
+            instead of dimming, kept tokens outlined.
+
+    Size: a panel of a ``(rows, cols)`` token grid is ``s`` on its longer side
+    (``s = tile_size``) with the grid's aspect ratio; a group whose panels fill an
+    ``R x C`` grid of cells is ``C * w + (C - 1) * g`` by ``R * h + (R - 1) * g`` (``w x h``
+    its largest panel, ``g = gap``); the picture is the groups' widths plus
+    ``(n_groups - 1) * group_gap`` by ``title_height`` plus the tallest group.
+    """
+    from prunekit.adapters.layout import TokenLayout
+
+    if not isinstance(layout, TokenLayout):
+        raise TypeError(f"layout must be a prunekit TokenLayout, got {type(layout).__name__}")
+    frames = [_as_image(p) for p in _pictures(pictures)]
+    if len(frames) < layout.num_pictures:
+        raise ValueError(
+            f"the layout draws on {layout.num_pictures} pictures (frames), got {len(frames)}"
+        )
+    what = f"the layout has {layout.length} tokens"
+    keep = _flat_mask(mask, layout.length, what)
+    score = _flat_scores(scores, layout.length, what)
+    scale = _score_range(score)
+    views: dict[tuple, Image.Image] = {}
+    groups = []
+    for g, title in enumerate(layout.groups):
+        members = [p for p in layout.panels if p.group == g]
+        if not members:
+            continue
+        sizes = [_panel_size(p.grid, tile_size) for p in members]
+        cell_w, cell_h = max(w for w, _ in sizes), max(h for _, h in sizes)
+        n_rows = 1 + max(p.cell[0] for p in members)
+        n_cols = 1 + max(p.cell[1] for p in members)
+        canvas = Image.new(
+            "RGB",
+            (n_cols * cell_w + (n_cols - 1) * gap, n_rows * cell_h + (n_rows - 1) * gap),
+            BACKGROUND,
+        )
+        tokens = np.concatenate([p.tokens[p.tokens >= 0] for p in members])
+        for panel, size in zip(members, sizes):
+            key = (panel.picture, panel.resize, panel.canvas, panel.box)
+            if key not in views:
+                views[key] = _panel_view(frames[panel.picture], panel)
+            present = panel.tokens >= 0
+            index = np.where(present, panel.tokens, 0)
+            out, _, _ = _render(
+                views[key],
+                panel.grid,
+                size=size,
+                kept=np.where(present, keep[index], 0.0),
+                scores=None if score is None else np.where(present, score[index], np.nan),
+                present=present,
+                dim=dim,
+                outline=outline,
+                cmap=cmap,
+                alpha=alpha,
+                **scale,
+            )
+            canvas.paste(
+                Image.fromarray(out),
+                (panel.cell[1] * (cell_w + gap), panel.cell[0] * (cell_h + gap)),
+            )
+        groups.append((canvas, f"{title}: {_count(keep[tokens])}/{tokens.size} kept"))
+    return _finish(_groups(groups, title_height, group_gap), save)
+
+
+def token_layouts(
+    model: torch.nn.Module,
+    inputs: Mapping[str, Any],
+    *,
+    adapter_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> list[Any]:
+    """The :class:`~prunekit.adapters.layout.TokenLayout` of every image / video of a model
+    call, in the order of the rows of ``handle.results``: the model's adapter's
+    ``token_layouts`` (the family's own geometry).
+
+    Args:
+        inputs: the keyword arguments the model was called with (what its processor
+            returned: ``pixel_values``, ``image_sizes``, ``image_grid_thw``, ``input_ids``).
+        adapter_options: the options given to ``prunekit.attach`` that change the rows
+            (e.g. ``budget_scope="tile"``); ``options``: what the inputs do not carry
+            (InternVL: ``image_sizes=[(height, width), ...]``).
+    """
+    from prunekit.adapters.attach import find_adapter
+
+    adapter = find_adapter(model)(model, **dict(adapter_options or {}))
+    return adapter.token_layouts(inputs, **options)
+
+
+def result_pictures(
+    pictures: Sequence[ImageLike | Sequence[ImageLike]],
+    layouts: Sequence[Any],
+    result: Any,
+    *,
+    heatmap: bool = False,
+    **kwargs: Any,
+) -> list[Image.Image]:
+    """One :func:`layout_picture` per image / video of a pruned call: ``pictures[i]`` (a
+    picture or a video's frames) with ``layouts[i]`` and its rows of ``result`` (a
+    :class:`~prunekit.core.result.PruneResult`, e.g. ``handle.results[0]``). ``heatmap``:
+    draw the scores the pruner reported instead of dimming (``ValueError`` without them).
+    ``kwargs`` go to :func:`layout_picture` (``save`` excepted)."""
+    from prunekit.adapters.layout import item_sequences
+
+    if len(pictures) != len(layouts):
+        raise ValueError(f"{len(pictures)} pictures for {len(layouts)} layouts")
+    if "save" in kwargs:
+        raise TypeError("result_pictures returns the pictures; save each one itself")
+    masks = item_sequences(layouts, result.mask, result.valid_counts)
+    if heatmap and result.scores is None:
+        raise ValueError("heatmap=True needs a result with scores; this pruner reports none")
+    scores = (
+        item_sequences(layouts, result.scores, result.valid_counts)
+        if heatmap
+        else [None] * len(layouts)
+    )
+    return [
+        layout_picture(p, layout, m, scores=s, **kwargs)
+        for p, layout, m, s in zip(pictures, layouts, masks, scores)
+    ]
+
+
+def llava_next_token_cells(image_size: tuple[int, int], crop_grid: Grid, side: int) -> np.ndarray:
+    """Where each token of LLaVA-NeXT's packed sequence of one image comes from.
+
+    The sequence is the base view's ``side x side`` tokens (row-major), then the crops
+    stitched into one ``(crop_rows * side) x (crop_cols * side)`` grid, unpadded to the
+    image's aspect ratio by ``transformers``' own ``unpad_image``, row-major with one
+    newline token after each row (:func:`prunekit.adapters.llava_next.anyres_layout`).
+
+    Args:
+        image_size: ``(height, width)`` of the image as the model got it (``image_sizes``).
+        crop_grid: ``(crop_rows, crop_cols)`` of the crop grid.
+        side: patches per crop side (``vision image_size // patch_size``, 24 for LLaVA-1.6).
+
+    Returns:
+        ``(L, 3)`` int64 ``(view, row, col)`` per token: view 0 is the base view,
+        view ``1 + i`` the crop ``i`` (row-major over the crop grid), ``row`` / ``col``
+        the patch inside that view; newline tokens are ``(-1, -1, -1)``.
+    """
+    from prunekit.adapters.llava_next import anyres_layout
+
+    return anyres_layout(image_size, crop_grid, side, crop_px=side).cells()
 
 
 def llava_next_layout(
@@ -606,7 +769,8 @@ def llava_next_layout(
     followed by batch padding. Newline tokens are always kept and are not drawn. The crops
     show the processor's canvas (the image resized into the best pinpoint resolution,
     keeping its aspect ratio, and centred on black padding); grid cells the model removed
-    when unpadding carry no token and are drawn in :data:`ABSENT_COLOR`.
+    when unpadding carry no token and are drawn in :data:`ABSENT_COLOR`. The geometry is
+    :func:`prunekit.adapters.llava_next.anyres_layout`'s, drawn by :func:`layout_picture`.
 
     Args:
         image: the picture given to the processor.
@@ -621,110 +785,49 @@ def llava_next_layout(
     and a ``R x C`` crop grid: ``(s + G + C * s + (C - 1) * g) x
     (t + max(s, R * s + (R - 1) * g))``.
     """
+    from prunekit.adapters.llava_next import anyres_layout, crop_grid_shape
+
     picture = _as_image(image)
     if image_size is None:
         image_size = (picture.height, picture.width)
     side = crop_px // patch_px
-    grid = _crop_grid(image_size, crop_grid, grid_pinpoints, crop_px)
-    cells = llava_next_token_cells(image_size, grid, side)
-    crop_rows, crop_cols = grid
-    n_crop_rows = int((cells[:, 0] == -1).sum())
+    if crop_grid is None:
+        crop_grid = crop_grid_shape(image_size, grid_pinpoints, crop_px)
+    layout = anyres_layout(image_size, crop_grid, side, crop_px)
+    n_crop = sum(int((p.tokens >= 0).sum()) for p in layout.panels[1:])
+    n_newlines = layout.length - side * side - n_crop
     what = (
-        f"a {image_size[0]} x {image_size[1]} LLaVA-NeXT image with {crop_rows} x {crop_cols} "
-        f"crops of {side} x {side} patches has {len(cells)} tokens ({side * side} base + "
-        f"{len(cells) - side * side - n_crop_rows} crop tokens + {n_crop_rows} newlines)"
+        f"a {image_size[0]} x {image_size[1]} LLaVA-NeXT image with {crop_grid[0]} x "
+        f"{crop_grid[1]} crops of {side} x {side} patches has {layout.length} tokens "
+        f"({side * side} base + {n_crop} crop tokens + {n_newlines} newlines)"
     )
-    keep = _flat_mask(mask, len(cells), what)
-    score = _flat_scores(scores, len(cells), what)
-
-    n_views = 1 + crop_rows * crop_cols
-    view_keep = np.zeros((n_views, side, side))
-    view_score = np.full((n_views, side, side), np.nan)
-    view_present = np.zeros((n_views, side, side), dtype=bool)
-    token = cells[:, 0] >= 0
-    v, r, c = cells[token].T
-    view_keep[v, r, c] = keep[token]
-    view_present[v, r, c] = True
-    if score is not None:
-        view_score[v, r, c] = score[token]
-
-    # what the processor feeds the vision tower: base view squashed, canvas with padding
-    base = picture.resize((crop_px, crop_px), Image.BICUBIC)
-    height, width = int(image_size[0]), int(image_size[1])
-    target_h, target_w = crop_rows * crop_px, crop_cols * crop_px
-    scale_w, scale_h = target_w / width, target_h / height
-    if scale_w < scale_h:
-        new_w, new_h = target_w, min(math.ceil(height * scale_w), target_h)
-    else:
-        new_w, new_h = min(math.ceil(width * scale_h), target_w), target_h
-    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
-    canvas.paste(
-        picture.resize((new_w, new_h), Image.BICUBIC),
-        ((target_w - new_w) // 2, (target_h - new_h) // 2),
-    )
-    crops = [
-        canvas.crop((j * crop_px, i * crop_px, (j + 1) * crop_px, (i + 1) * crop_px))
-        for i in range(crop_rows)
-        for j in range(crop_cols)
-    ]
-    common = dict(tile_size=tile_size, dim=dim, outline=outline, cmap=cmap)
-    common.update(_score_range(score))
-    with_scores = score is not None
-    base_panel = tile_layout(
-        [base],
-        [view_keep[0]],
-        (side, side),
-        scores=[view_score[0]] if with_scores else None,
-        **common,
-    )
-    crop_panel = tile_layout(
-        crops,
-        list(view_keep[1:]),
-        (side, side),
-        layout=grid,
+    keep = _flat_mask(mask, layout.length, what)
+    score = _flat_scores(scores, layout.length, what)
+    return layout_picture(
+        picture,
+        layout,
+        keep,
+        scores=score,
+        tile_size=tile_size,
         gap=gap,
-        scores=list(view_score[1:]) if with_scores else None,
-        present=list(view_present[1:]),
-        **common,
+        group_gap=group_gap,
+        title_height=title_height,
+        dim=dim,
+        outline=outline,
+        cmap=cmap,
+        save=save,
     )
-    n_base, n_crop = side * side, int(view_present[1:].sum())
-    picture = _groups(
-        [
-            (base_panel, f"base view: {_count(view_keep[0])}/{n_base} kept"),
-            (
-                crop_panel,
-                f"{crop_rows} x {crop_cols} crops: {_count(view_keep[1:])}/{n_crop} kept",
-            ),
-        ],
-        title_height,
-        group_gap,
-    )
-    return _finish(picture, save)
 
 
 def internvl_tile_grid(
     image_size: tuple[int, int], *, min_tiles: int = 1, max_tiles: int = 12, tile_px: int = 448
 ) -> Grid:
     """``(rows, cols)`` of the tiles InternVL's processor cuts an image of ``(height, width)``
-    into (``transformers``' ``get_optimal_tiled_canvas``; the thumbnail is extra)."""
-    try:
-        from transformers.models.got_ocr2.image_processing_got_ocr2 import (
-            get_optimal_tiled_canvas,
-        )
-    except ImportError:  # e.g. no torchvision: transformers 5's PIL image processor has it too
-        try:
-            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
-                get_optimal_tiled_canvas,
-            )
-        except ImportError as exc:  # older transformers: no InternVL either
-            raise ImportError(
-                "computing InternVL's tile grid needs transformers with GOT-OCR2 / InternVL "
-                "support; pass tile_grid=(rows, cols) instead"
-            ) from exc
-    cols, rows = get_optimal_tiled_canvas(
-        (int(image_size[0]), int(image_size[1])), (tile_px, tile_px), min_tiles, max_tiles
-    )
-    return (int(rows), int(cols))
+    into (``transformers``' ``get_optimal_tiled_canvas``; the thumbnail is extra); see
+    :func:`prunekit.adapters.internvl.tile_grid`."""
+    from prunekit.adapters.internvl import tile_grid
+
+    return tile_grid(image_size, min_tiles=min_tiles, max_tiles=max_tiles, tile_px=tile_px)
 
 
 def internvl_layout(
@@ -755,7 +858,8 @@ def internvl_layout(
     row-major on the ``sqrt(T) x sqrt(T)`` grid left by pixel shuffle (16 x 16 tokens of
     28 px on a 448 px tile). The tiles are the image resized to ``cols x rows`` tiles
     (aspect ratio not kept), row-major; with several tiles the last one is the thumbnail
-    (the whole image in one tile).
+    (the whole image in one tile). The geometry is
+    :func:`prunekit.adapters.internvl.tiled_layout`'s, drawn by :func:`layout_picture`.
 
     Args:
         tile_grid: ``(rows, cols)`` of the tiles; default: :func:`internvl_tile_grid`
@@ -766,10 +870,9 @@ def internvl_layout(
     and ``R x C`` tiles: ``(C * s + (C - 1) * g + (G + s if R * C > 1 else 0)) x
     (t + max(R * s + (R - 1) * g, s))``.
     """
+    from prunekit.adapters.internvl import tiled_layout
+
     picture = _as_image(image)
-    side = math.isqrt(tokens_per_tile)
-    if side * side != tokens_per_tile:
-        raise ValueError(f"tokens_per_tile must be a square number, got {tokens_per_tile}")
     if tile_grid is None:
         tile_grid = internvl_tile_grid(
             (picture.height, picture.width),
@@ -778,54 +881,29 @@ def internvl_layout(
             tile_px=tile_px,
         )
     rows, cols = int(tile_grid[0]), int(tile_grid[1])
-    n_tiles = rows * cols + (1 if rows * cols > 1 else 0)
-    length = n_tiles * tokens_per_tile
+    layout = tiled_layout((rows, cols), tokens_per_tile, tile_px)
+    n_tiles = layout.length // tokens_per_tile
     what = (
         f"an InternVL image of {rows} x {cols} tiles"
         f"{' + thumbnail' if n_tiles > 1 else ''} has {n_tiles} x {tokens_per_tile} = "
-        f"{length} tokens"
+        f"{layout.length} tokens"
     )
-    keep = _flat_mask(mask, length, what).reshape(n_tiles, tokens_per_tile)
-    score = _flat_scores(scores, length, what)
-    if score is not None:
-        score = score.reshape(n_tiles, tokens_per_tile)
-
-    resized = picture.resize((cols * tile_px, rows * tile_px), Image.BICUBIC)
-    tiles = [
-        resized.crop((j * tile_px, i * tile_px, (j + 1) * tile_px, (i + 1) * tile_px))
-        for i in range(rows)
-        for j in range(cols)
-    ]
-    common = dict(tile_size=tile_size, dim=dim, outline=outline, cmap=cmap)
-    common.update(_score_range(score))
-    n_grid = rows * cols
-    grid_panel = tile_layout(
-        tiles,
-        list(keep[:n_grid]),
-        (side, side),
-        layout=(rows, cols),
+    keep = _flat_mask(mask, layout.length, what)
+    score = _flat_scores(scores, layout.length, what)
+    return layout_picture(
+        picture,
+        layout,
+        keep,
+        scores=score,
+        tile_size=tile_size,
         gap=gap,
-        scores=None if score is None else list(score[:n_grid]),
-        **common,
+        group_gap=group_gap,
+        title_height=title_height,
+        dim=dim,
+        outline=outline,
+        cmap=cmap,
+        save=save,
     )
-    groups = [
-        (
-            grid_panel,
-            f"{rows} x {cols} tile{'s' if n_grid > 1 else ''}: "
-            f"{_count(keep[:n_grid])}/{n_grid * tokens_per_tile} kept",
-        )
-    ]
-    if n_tiles > 1:
-        thumb = picture.resize((tile_px, tile_px), Image.BICUBIC)
-        thumb_panel = tile_layout(
-            [thumb],
-            [keep[-1]],
-            (side, side),
-            scores=None if score is None else [score[-1]],
-            **common,
-        )
-        groups.append((thumb_panel, f"thumbnail: {_count(keep[-1])}/{tokens_per_tile} kept"))
-    return _finish(_groups(groups, title_height, group_gap), save)
 
 
 # --------------------------------------------------------------------------- comparison
@@ -941,9 +1019,12 @@ __all__ = [
     "internvl_layout",
     "internvl_tile_grid",
     "kept_overlay",
+    "layout_picture",
     "llava_next_layout",
     "llava_next_token_cells",
     "relevance_heatmap",
+    "result_pictures",
     "side_by_side",
     "tile_layout",
+    "token_layouts",
 ]

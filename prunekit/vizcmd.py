@@ -19,10 +19,18 @@ MiniLLaVA reads the prompt, inside ``prunekit.attach(model, pruner, tokenizer=..
 exactly what each pruner keeps when the VLM answers that question, and with
 ``--heatmap`` the prompt-conditioned relevance it reports.
 
+With ``--model PATH`` (a local Hugging Face checkpoint of any family prunekit has an
+adapter for: LLaVA, LLaVA-NeXT, InternVL, Qwen2.5-VL, ...) the pruners prune that
+VLM's visual tokens while it reads ``--prompt``, and each pruner's picture is drawn
+with the family's own token layout (the adapter's ``token_layouts``: crops, tiles,
+a dynamic-resolution grid), one row per pruner. A MiniLLaVA or single-grid model is
+drawn side by side as above.
+
 Usage::
 
     prunekit viz --pruners resprune,divprune,fastervlm --budget 0.25 --out viz.png
     prunekit viz --pruners resprune,random --prompt "What is the astronaut holding?" --heatmap
+    prunekit viz --model ./qwen2.5-vl-3b --pruners resprune,random --prompt "What is this?"
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ PATCH = 14
 DEFAULT_PRUNERS = ("resprune", "divprune", "cdpruner", "random")
 #: pruning points the output tokens of a vision encoder stand for
 POINTS = frozenset({"pre_projector", "pre_llm"})
+#: the question a --model VLM reads when --prompt is not given
+DEFAULT_PROMPT = "Describe the image."
 
 
 def _positive(text: str) -> int:
@@ -92,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=_positive, default=224, help="panel side in pixels (default 224)"
     )
     parser.add_argument(
-        "--columns", type=_positive, default=None, help="panels per row (default: one row)"
+        "--columns",
+        type=_positive,
+        default=None,
+        help="panels per row (default: one row; layout pictures have one row per pruner)",
     )
     parser.add_argument(
         "--prompt",
@@ -102,9 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(loads MiniLLaVA; see --heatmap)",
     )
     parser.add_argument(
+        "--model",
+        default=None,
+        help="a local Hugging Face checkpoint folder (or cached hub id) of a VLM prunekit has "
+        "an adapter for: prune its visual tokens while it reads --prompt (default "
+        f"{DEFAULT_PROMPT!r}), drawn with its family's token layout",
+    )
+    parser.add_argument(
         "--verbose",
         action="store_true",
-        help="with --prompt: show the model-loading progress bars",
+        help="with --prompt / --model: show the model-loading progress bars",
     )
     return parser
 
@@ -163,7 +183,7 @@ def load_image(spec: str) -> np.ndarray:
         from PIL import Image
 
         with Image.open(path) as picture:
-            return np.asarray(picture.convert("RGB"))
+            return np.array(picture.convert("RGB"))  # writable: processors make tensors of it
     if path.suffix:  # looks like a file name, not a sample name
         raise FileNotFoundError(f"image file {spec!r} does not exist")
     from prunekit.demo import sample_image
@@ -199,6 +219,21 @@ def load_vlm(verbose: bool = False) -> tuple[torch.nn.Module, object]:
     return minillava.load(verbose=verbose)
 
 
+def vlm_inputs(processor: object, picture: np.ndarray, prompt: str) -> dict:
+    """The processor's inputs for ``prompt`` about ``picture``: MiniLLaVA's chat prompt, a
+    checkpoint's chat template, else ``"<image>\\n" + prompt``."""
+    chat = getattr(processor, "chat_prompt", None)
+    if chat is not None:
+        text = chat(prompt)
+    elif getattr(processor, "chat_template", None):
+        from prunekit.models.hf import chat_prompt
+
+        text = chat_prompt(prompt, processor)
+    else:
+        text = f"<image>\n{prompt}"
+    return dict(processor(images=[picture], text=[text], return_tensors="pt"))
+
+
 @torch.no_grad()
 def prune_in_vlm(
     model: torch.nn.Module,
@@ -214,9 +249,7 @@ def prune_in_vlm(
     prompt's nouns. Pruners defined only before the projector prune there."""
     import prunekit
 
-    chat = getattr(processor, "chat_prompt", None)
-    text = chat(prompt) if chat is not None else f"<image>\n{prompt}"
-    inputs = dict(processor(images=[picture], text=[text], return_tensors="pt"))
+    inputs = vlm_inputs(processor, picture, prompt)
     results = {}
     for name, pruner in pruners.items():
         points = pruner.pruning_points
@@ -262,6 +295,80 @@ def _encoder_results(args: argparse.Namespace, picture: np.ndarray, pruners: dic
     return results
 
 
+def _layouts(
+    model: torch.nn.Module, processor: object, inputs: dict, picture: np.ndarray
+) -> list | None:
+    """The adapter's token layouts of the call (``None`` for a family without them)."""
+    from prunekit.viz import token_layouts
+
+    image_processor = getattr(processor, "image_processor", None)
+    options = {"image_sizes": [tuple(picture.shape[:2])]}  # what InternVL's inputs lack
+    for name, option in (("min_patches", "min_tiles"), ("max_patches", "max_tiles")):
+        value = getattr(image_processor, name, None)
+        if isinstance(value, int):
+            options[option] = value
+    try:
+        return token_layouts(model, inputs, **options)
+    except NotImplementedError:
+        return None
+
+
+def _single_grid(layouts: list | None, n_tokens: int) -> tuple[int, int] | None:
+    """The ``(rows, cols)`` grid when the image's tokens are one full, square, row-major grid
+    (drawn side by side); else ``None`` (drawn with the layout, aspect ratio kept)."""
+    if layouts is None:
+        side = int(round(n_tokens**0.5))
+        return (side, side) if side * side == n_tokens else None
+    if len(layouts) != 1 or len(layouts[0].panels) != 1:
+        return None
+    (panel,) = layouts[0].panels
+    full = np.arange(layouts[0].length).reshape(panel.grid)
+    square = panel.grid[0] == panel.grid[1]
+    return panel.grid if square and np.array_equal(panel.tokens, full) else None
+
+
+def layout_rows(
+    picture: np.ndarray,
+    layouts: list,
+    results: dict,
+    *,
+    size: int = 224,
+    heatmap: bool = False,
+    gap: int = 8,
+) -> object:
+    """One row per pruner: a title bar ``"<pruner>: <kept>/<tokens> kept"`` over the image
+    drawn with the family's token layouts (and, with ``heatmap``, the pruner's scores)."""
+    from PIL import Image, ImageDraw
+
+    from prunekit.viz import BACKGROUND, TITLE_HEIGHT, _text, result_pictures
+
+    rows = []
+    for name, result in results.items():
+        pictures = [picture] * len(layouts)
+        parts = result_pictures(pictures, layouts, result, tile_size=size)
+        if heatmap and result.scores is not None:
+            parts += result_pictures(pictures, layouts, result, tile_size=size, heatmap=True)
+        width = sum(p.width for p in parts) + gap * (len(parts) - 1)
+        row = Image.new("RGB", (width, TITLE_HEIGHT + max(p.height for p in parts)), BACKGROUND)
+        x = 0
+        for part in parts:
+            row.paste(part, (x, TITLE_HEIGHT))
+            x += part.width + gap
+        kept, total = int(result.counts.sum()), int(result.valid_counts.sum())
+        _text(ImageDraw.Draw(row), (0, 0), f"{name}: {kept}/{total} kept", width, TITLE_HEIGHT)
+        rows.append(row)
+    canvas = Image.new(
+        "RGB",
+        (max(r.width for r in rows), sum(r.height for r in rows) + gap * (len(rows) - 1)),
+        BACKGROUND,
+    )
+    y = 0
+    for row in rows:
+        canvas.paste(row, (0, y))
+        y += row.height + gap
+    return canvas
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``prunekit viz`` with parsed ``args``: encode, prune with each pruner, write the panel."""
     from prunekit.viz import side_by_side
@@ -278,36 +385,47 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--prompt is empty")
 
     picture = load_image(args.image)
-    if args.prompt is None:
+    layouts = None
+    if args.prompt is None and args.model is None:
         results = _encoder_results(args, picture, pruners)
     else:
-        model, processor = load_vlm(verbose=args.verbose)
-        results = prune_in_vlm(model, processor, picture, args.prompt, pruners, args.budget)
-        n_tokens = next(iter(results.values())).mask.shape[1]
+        prompt = DEFAULT_PROMPT if args.prompt is None else args.prompt
+        if args.model is None:
+            model, processor = load_vlm(verbose=args.verbose)
+        else:
+            from prunekit.models.hf import load_hf
+
+            model, processor = load_hf(args.model, verbose=args.verbose)
+        layouts = _layouts(model, processor, vlm_inputs(processor, picture, prompt), picture)
+        results = prune_in_vlm(model, processor, picture, prompt, pruners, args.budget)
+        n_tokens = int(next(iter(results.values())).valid_counts.sum())
         print(
-            f"image {args.image!r}, prompt {args.prompt!r}: {n_tokens} visual tokens of "
+            f"image {args.image!r}, prompt {prompt!r}: {n_tokens} visual tokens of "
             f"{type(model).__name__}, pruned while it reads the prompt"
         )
         for name, result in results.items():
             _print_result(name, result, args.heatmap, None)
     n_tokens = next(iter(results.values())).mask.shape[1]
-    side = int(round(n_tokens**0.5))
-    if side * side != n_tokens:
+    grid = _single_grid(layouts, n_tokens)
+    if grid is None and layouts is None:
         raise ValueError(f"{n_tokens} visual tokens do not form a square patch grid")
-    grid = side
 
     out = Path(args.out)
     if out.parent != Path():
         out.parent.mkdir(parents=True, exist_ok=True)
-    image = side_by_side(
-        picture,
-        results,
-        (grid, grid),
-        size=args.size,
-        heatmap=args.heatmap,
-        columns=args.columns,
-        save=out,
-    )
+    if grid is not None:
+        image = side_by_side(
+            picture,
+            results,
+            grid,
+            size=args.size,
+            heatmap=args.heatmap,
+            columns=args.columns,
+            save=out,
+        )
+    else:  # crops, tiles, a dynamic-resolution grid: the family's own layout
+        image = layout_rows(picture, layouts, results, size=args.size, heatmap=args.heatmap)
+        image.save(out)
     print(f"wrote {out} ({image.width} x {image.height} px, {len(results)} panels)")
     return 0
 

@@ -16,13 +16,14 @@ import abc
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 if TYPE_CHECKING:
     from prunekit.adapters.attach import AttachHandle
+    from prunekit.adapters.layout import TokenLayout
 
 #: a callable that reverts one change ``install`` made to the model instance
 Undo = Callable[[], None]
@@ -59,6 +60,11 @@ class Adapter(abc.ABC):
         can provide with its current options; ``attach`` refuses pruners needing others."""
         return frozenset()
 
+    def missing_signals_note(self, missing: frozenset[str]) -> str:
+        """Why this family cannot provide the signals ``missing`` (appended to ``attach``'s
+        refusal; ``""`` when there is nothing to add)."""
+        return ""
+
     def pruning_point(self) -> str:
         """Where this adapter prunes with its current options (one of :attr:`points`)."""
         return self.points[0]
@@ -68,6 +74,22 @@ class Adapter(abc.ABC):
         """Make the model instance prune through ``handle``; return the undo callables
         (:func:`override_attribute` undos and hooks' ``remove`` methods, so that
         ``attach`` can also strip them from deep copies)."""
+
+    def token_layouts(self, inputs: Mapping[str, Any], **options: Any) -> list[TokenLayout]:
+        """Where the visual tokens of a model call sit, for kept-token pictures.
+
+        One :class:`~prunekit.adapters.layout.TokenLayout` per image or video of the call
+        whose ``inputs`` (the keyword arguments given to the model: ``pixel_values``,
+        ``image_sizes``, ``image_grid_thw``, ``input_ids``, ...) are passed, in the order
+        of the rows of ``handle.results`` with this adapter's options; ``options`` are
+        what the inputs do not carry (e.g. InternVL's ``image_sizes``). The geometry is
+        the family's, so :mod:`prunekit.viz` draws any family with one renderer.
+        Families without a layout raise ``NotImplementedError``.
+        """
+        raise NotImplementedError(
+            f"the {self.family or type(self).__name__!r} adapter does not describe where its "
+            "tokens sit (no token_layouts); draw its results with prunekit.viz.kept_overlay"
+        )
 
 
 class AttributeOverride:

@@ -64,12 +64,13 @@ from __future__ import annotations
 import abc
 import inspect
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from prunekit.adapters.base import IN_ENCODER, Adapter, Undo, override_attribute, undo_on_error
+from prunekit.adapters.layout import TokenLayout, patch_grid_layout
 
 if TYPE_CHECKING:
     from prunekit.adapters.attach import AttachHandle
@@ -142,6 +143,21 @@ class EncoderAdapter(Adapter):
     def batch_first(self) -> bool:
         """Whether the blocks take ``(B, N, D)`` (else ``(N, B, D)``)."""
         return True
+
+    def patch_size(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels of one patch (for :meth:`token_layouts`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say its patch size")
+
+    def token_layouts(self, inputs: Mapping[str, Any], **options: Any) -> list[TokenLayout]:
+        """Per image of ``inputs["pixel_values"]`` ``(B, 3, H, W)`` (for timm and open_clip
+        towers: the image tensor under that key): its ``(H / p) x (W / p)`` patch grid over
+        the whole picture; the prefix tokens are not in the pruned sequence."""
+        pixels = inputs.get("pixel_values")
+        if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4:
+            raise ValueError("the token layout needs inputs['pixel_values'] of shape (B, 3, H, W)")
+        ph, pw = self.patch_size()
+        layout = patch_grid_layout((int(pixels.shape[-2]) // ph, int(pixels.shape[-1]) // pw))
+        return [layout] * int(pixels.shape[0])
 
     def joint_projection(self) -> JointProjection | None:
         """The model's own map of hidden states into the joint image-text space, if it has one."""

@@ -60,6 +60,10 @@ class HFEncoderAdapter(EncoderAdapter):
             tower = tower.vision_model
         return tower
 
+    def patch_size(self) -> tuple[int, int]:
+        size = self.tower().config.patch_size
+        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
     def blocks(self) -> Sequence[torch.nn.Module]:
         encoder = self.tower().encoder
         return encoder.layers if hasattr(encoder, "layers") else encoder.layer

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
+from prunekit.adapters.layout import Panel, TokenLayout
 from prunekit.adapters.llava import pooled_features
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 from prunekit.core.errors import check_choice
@@ -111,3 +115,129 @@ class InternVLAdapter(PreLLMAdapter):
             images.append(torch.cat(tiles[start : start + run // per_tile]))
             start += run // per_tile
         return ImageFeatures(features=images)
+
+    def token_layouts(
+        self,
+        inputs: Mapping[str, Any],
+        *,
+        image_sizes: Sequence[Sequence[int]] | None = None,
+        min_tiles: int = 1,
+        max_tiles: int = 12,
+        **options: Any,
+    ) -> list[TokenLayout]:
+        """Per image (placeholder order): its tile grid, then the thumbnail (see
+        :func:`tiled_layout`); with ``budget_scope="tile"`` one result row per tile.
+
+        The inputs give each image's number of tiles (its placeholder run), not their
+        arrangement: ``image_sizes`` (``(height, width)`` of each picture given to the
+        processor) and the processor's ``min_tiles`` / ``max_tiles`` (``min_patches`` /
+        ``max_patches``) give the grid; without them only single-tile images work.
+        """
+        vision = self.model.config.vision_config
+        tile_px = int(_pair(vision.image_size)[0])
+        side = int(tile_px // _pair(vision.patch_size)[0] * self.model.config.downsample_ratio)
+        per_tile = side * side
+        runs = placeholder_runs(torch.as_tensor(inputs["input_ids"]), self.image_token_id)
+        if image_sizes is not None and len(image_sizes) != len(runs):
+            raise ValueError(f"image_sizes has {len(image_sizes)} sizes for {len(runs)} images")
+        layouts = []
+        for i, run in enumerate(runs):
+            if run % per_tile:
+                raise ValueError(f"a run of {run} image tokens is not whole tiles of {per_tile}")
+            tiles = run // per_tile
+            if image_sizes is not None:
+                grid = tile_grid(
+                    image_sizes[i], min_tiles=min_tiles, max_tiles=max_tiles, tile_px=tile_px
+                )
+            elif tiles == 1:
+                grid = (1, 1)
+            else:
+                raise ValueError(
+                    f"image {i} has {tiles} tiles, whose arrangement its inputs do not give; pass "
+                    "image_sizes=[(height, width), ...] of the pictures given to the processor"
+                )
+            if grid[0] * grid[1] + (grid[0] * grid[1] > 1) != tiles:
+                raise ValueError(
+                    f"image {i}: a {grid[0]} x {grid[1]} tile grid does not match its {tiles} tiles "
+                    "(check image_sizes, min_tiles and max_tiles against the processor's)"
+                )
+            layouts.append(
+                tiled_layout(grid, per_tile, tile_px, rows_per_tile=self.budget_scope == "tile")
+            )
+        return layouts
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def tile_grid(
+    image_size: Sequence[int], *, min_tiles: int = 1, max_tiles: int = 12, tile_px: int = 448
+) -> tuple[int, int]:
+    """``(rows, cols)`` of the tiles InternVL's processor cuts an image of ``(height, width)``
+    into (``transformers``' ``get_optimal_tiled_canvas``; the thumbnail is extra)."""
+    try:
+        from transformers.models.got_ocr2.image_processing_got_ocr2 import (
+            get_optimal_tiled_canvas,
+        )
+    except ImportError:  # e.g. no torchvision: transformers 5's PIL image processor has it too
+        try:
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import (
+                get_optimal_tiled_canvas,
+            )
+        except ImportError as exc:  # older transformers: no InternVL either
+            raise ImportError(
+                "computing InternVL's tile grid needs transformers with GOT-OCR2 / InternVL "
+                "support; pass tile_grid=(rows, cols) instead"
+            ) from exc
+    cols, rows = get_optimal_tiled_canvas(
+        (int(image_size[0]), int(image_size[1])), (tile_px, tile_px), min_tiles, max_tiles
+    )
+    return (int(rows), int(cols))
+
+
+def tiled_layout(
+    grid: Sequence[int], tokens_per_tile: int, tile_px: int = 448, *, rows_per_tile: bool = False
+) -> TokenLayout:
+    """The layout of one InternVL image of ``grid = (rows, cols)`` tiles.
+
+    The tiles are the picture resized to ``cols * tile_px`` x ``rows * tile_px`` (aspect
+    ratio not kept), row-major; with several tiles a thumbnail (the whole picture
+    squashed into one tile) follows. The sequence is tile-major: token ``j`` of tile
+    ``t`` is index ``t * T + j`` (``T = tokens_per_tile``), row-major on the
+    ``sqrt(T) x sqrt(T)`` grid left by pixel shuffle. ``rows_per_tile``: each tile is
+    its own row of ``handle.results`` (``budget_scope="tile"``).
+    """
+    side = math.isqrt(tokens_per_tile)
+    if side * side != tokens_per_tile:
+        raise ValueError(f"tokens_per_tile must be a square number, got {tokens_per_tile}")
+    rows, cols = int(grid[0]), int(grid[1])
+    if rows < 1 or cols < 1:
+        raise ValueError(f"a tile grid needs rows, cols >= 1, got {(rows, cols)}")
+    n_grid = rows * cols
+    n_tiles = n_grid + (1 if n_grid > 1 else 0)
+    cell = np.arange(tokens_per_tile).reshape(side, side)
+    panels = [
+        Panel(
+            cell + i * tokens_per_tile,
+            resize=(cols * tile_px, rows * tile_px),
+            box=(
+                (i % cols) * tile_px,
+                (i // cols) * tile_px,
+                (i % cols + 1) * tile_px,
+                (i // cols + 1) * tile_px,
+            ),
+            cell=divmod(i, cols),
+        )
+        for i in range(n_grid)
+    ]
+    groups = [f"{rows} x {cols} tile{'s' if n_grid > 1 else ''}"]
+    if n_tiles > n_grid:
+        panels.append(Panel(cell + n_grid * tokens_per_tile, resize=(tile_px, tile_px), group=1))
+        groups.append("thumbnail")
+    return TokenLayout(
+        n_tiles * tokens_per_tile,
+        tuple(panels),
+        tuple(groups),
+        rows=n_tiles if rows_per_tile else 1,
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
 from prunekit.adapters.attention import ATTENTION_SIGNALS, attention_signals, capture_input
 from prunekit.adapters.base import PRE_PROJECTOR
+from prunekit.adapters.layout import TokenLayout, patch_grid_layout, per_prompt
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
 
 #: vision towers whose first token is a [CLS] token
@@ -95,6 +97,33 @@ class LlavaAdapter(PreLLMAdapter):
         return ImageFeatures(
             features=features, signals={name: list(value) for name, value in signals.items()}
         )
+
+    def token_layouts(self, inputs: Mapping[str, Any], **options: Any) -> list[TokenLayout]:
+        """Per image: one panel, the ``(H / p) x (W / p)`` patch grid of ``pixel_values``
+        (``p`` the patch size) over the whole picture as the tower sees it (squashed to
+        ``W x H``); with ``vision_feature_select_strategy="full"`` the leading [CLS] token
+        is in the sequence but drawn nowhere. With ``llm_layer`` a result row holds all
+        image tokens of a prompt: one layout per prompt, its images joined."""
+        pixels = inputs.get("pixel_values")
+        if pixels is None:
+            raise ValueError("the token layout needs the call's pixel_values")
+        config = self.model.config
+        patch = config.vision_config.patch_size
+        patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+        height, width = int(pixels.shape[-2]), int(pixels.shape[-1])
+        strategy = (
+            inputs.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
+        )
+        prefix = 0 if strategy == "default" else 1
+        layout = patch_grid_layout((height // patch, width // patch), prefix=prefix)
+        layouts = [layout] * int(pixels.shape[0])
+        if self.llm_pruning is None:
+            return layouts
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            raise ValueError("with llm_layer the token layouts need the call's input_ids")
+        per_row = (torch.as_tensor(input_ids) == self.image_token_id).sum(-1) // layout.length
+        return per_prompt(layouts, per_row.tolist())
 
     def _vision_features(self, vision_inputs: dict[str, Any]) -> ImageFeatures:
         """Vision-tower features before the projector (the projector runs on the kept tokens)."""

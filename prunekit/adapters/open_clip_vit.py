@@ -59,6 +59,9 @@ class OpenClipViTAdapter(EncoderAdapter):
     def blocks(self) -> Sequence[torch.nn.Module]:
         return list(self.visual().transformer.resblocks)
 
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.visual().conv1.kernel_size)
+
     @property
     def num_prefix_tokens(self) -> int:
         return 1

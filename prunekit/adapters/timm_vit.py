@@ -42,6 +42,10 @@ class TimmViTAdapter(EncoderAdapter):
     def blocks(self) -> Sequence[torch.nn.Module]:
         return list(self.model.blocks)
 
+    def patch_size(self) -> tuple[int, int]:
+        size = self.model.patch_embed.patch_size
+        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
     @property
     def num_prefix_tokens(self) -> int:
         return int(self.model.num_prefix_tokens)
