@@ -239,6 +239,7 @@ def attach(
             f"{type(pruner).__name__} needs {sorted(missing)}, which the {instance.family!r} adapter "
             f"cannot provide at its pruning point {instance.pruning_point()!r} "
             f"(it provides {sorted(instance.available_signals())})"
+            + (f": {note}" if (note := instance.missing_signals_note(missing)) else "")
         )
     point = instance.pruning_point()
     if pruner.pruning_points is not None and point not in pruner.pruning_points:

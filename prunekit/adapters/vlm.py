@@ -103,6 +103,8 @@ class PreLLMAdapter(Adapter):
     provided_signals: ClassVar[frozenset[str]] = frozenset()
     #: keyword arguments consumed by the vision side (removed before the LLM call)
     vision_kwargs: ClassVar[tuple[str, ...]] = ("pixel_values",)
+    #: keyword arguments that carry pixels to prune (a call without any of them is left as is)
+    pixel_kwargs: ClassVar[tuple[str, ...]] = ("pixel_values",)
 
     def __init__(
         self,
@@ -162,6 +164,11 @@ class PreLLMAdapter(Adapter):
             if value is not None:
                 return int(value)
         raise ValueError(f"{type(config).__name__} names no image token id")
+
+    def placeholder_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Where the visual tokens to prune sit in ``input_ids``: the image placeholders
+        (a family with other visual placeholders, e.g. video, widens it)."""
+        return input_ids == self.image_token_id
 
     @abc.abstractmethod
     def image_features(
@@ -248,12 +255,13 @@ class PreLLMAdapter(Adapter):
         input_ids = kwargs.get("input_ids")
         # generate() may pass precomputed image features instead of pixel values
         carries_images = any(
-            kwargs.get(k) is not None for k in ("pixel_values", "mm_encoder_outputs")
+            kwargs.get(k) is not None for k in (*self.pixel_kwargs, "mm_encoder_outputs")
         )
         if carries_images and input_ids is None:
             raise ValueError("prunekit.attach needs input_ids to locate the image tokens")
-        is_image = None if input_ids is None else input_ids == self.image_token_id
-        if is_image is None or not bool(is_image.any()):
+        is_image = None if input_ids is None else self.placeholder_mask(input_ids)
+        # a call without images is a decoding step (even if it generated a placeholder id)
+        if not carries_images or not bool(is_image.any()):
             self.llm_pruning.continue_or_reset(cache)
             return
         self.llm_pruning.begin(is_image, kwargs.get("attention_mask"), cache)
@@ -299,7 +307,7 @@ class PreLLMAdapter(Adapter):
         self, handle: AttachHandle, kwargs: dict[str, Any], *, generating: bool
     ) -> dict[str, Any]:
         """Return the call's keyword arguments with the images pruned (unchanged if it has no images)."""
-        if kwargs.get("pixel_values") is None:
+        if all(kwargs.get(k) is None for k in self.pixel_kwargs):
             if kwargs.get("mm_encoder_outputs") is not None:
                 raise ValueError(
                     "prunekit.attach prunes images given as pixel_values; precomputed "
@@ -321,7 +329,7 @@ class PreLLMAdapter(Adapter):
         with torch.no_grad() if generating else contextlib.nullcontext():
             images = self.image_features(vision_inputs, kwargs)
         counts = [f.shape[0] for f in images.features]
-        is_image = input_ids == self.image_token_id
+        is_image = self.placeholder_mask(input_ids)
         n_placeholders = int(is_image.sum())
         if n_placeholders != sum(counts):
             raise ValueError(
@@ -480,7 +488,7 @@ class PreLLMAdapter(Adapter):
         )
         if images.project is not None:
             kept_features = images.project(kept_features)
-        new_image = new_ids == self.image_token_id
+        new_image = self.placeholder_mask(new_ids)
         new_image &= new_mask.bool()
         embeds = embeds.masked_scatter(
             new_image.unsqueeze(-1), kept_features.to(embeds.dtype).to(device)
