@@ -18,7 +18,9 @@ from test_internvl_adapter import batch as internvl_batch
 from test_internvl_adapter import tiny_internvl
 from test_llava_next_adapter import batch as llava_next_batch
 from test_llava_next_adapter import tiny_llava_next
-from tiny_models import IMAGE_TOKEN_ID, left_pad, prompt_ids, tiny_clip_vision_config, tiny_llava
+from test_qwen2_5_vl_adapter import batch as qwen2_5_vl_batch
+from test_qwen2_5_vl_adapter import tiny_qwen2_5_vl
+from tiny_models import left_pad, prompt_ids, tiny_clip_vision_config, tiny_llava
 
 import prunekit
 from prunekit.adapters import AttachNotEnteredWarning
@@ -43,6 +45,7 @@ FAMILIES = {
     "llava": (tiny_llava, lambda model: llava_batch()),
     "llava_next": (tiny_llava_next, llava_next_batch),
     "internvl": (tiny_internvl, lambda model: internvl_batch()),
+    "qwen2_5_vl": (tiny_qwen2_5_vl, lambda model: qwen2_5_vl_batch()),
 }
 #: pruning points: attach options, and whether the family supports them
 POINTS = {
@@ -51,11 +54,14 @@ POINTS = {
     "before_projector": dict(before_projector=True),
     "llm_layer": dict(llm_layer=1),
 }
+#: pruning points other than the adapters' pre-LLM ones
+OTHER_POINTS = ("before_projector", "llm_layer")
 CASES = [
     (family, point)
     for family in FAMILIES
     for point in POINTS
-    if point != "before_projector" or family == "llava"
+    if (point != "before_projector" or family == "llava")
+    and (point in ("contiguous", "original") or family != "qwen2_5_vl")
 ]
 
 
@@ -77,12 +83,13 @@ def pruner_for(point):
     return "resprune"
 
 
-def n_visual(family, inputs):
-    return int((inputs["input_ids"] == IMAGE_TOKEN_ID).sum())
+def n_visual(model, inputs):
+    return int((inputs["input_ids"] == model.config.image_token_id).sum())
 
 
 # -- item 1: generate returns the caller's layout ----------------------------------------------
-@pytest.mark.parametrize(("family", "point"), CASES)
+# (at the pre-LLM points the adapter contract, tests/test_adapter_contract.py, checks this)
+@pytest.mark.parametrize(("family", "point"), [c for c in CASES if c[1] in OTHER_POINTS])
 def test_full_budget_generate_is_the_unpruned_output(models, family, point):
     model, inputs = models[family], inputs_of(models, family)
     expected = model.generate(**inputs, **GEN)
@@ -100,7 +107,7 @@ def test_pruned_generate_returns_the_callers_ids_then_the_new_tokens(models, fam
         # independent of generate: the pruned forward pass's next-token prediction
         first = model(**inputs).logits[:, -1].argmax(dim=-1)
         scored = model.generate(**inputs, **GEN, return_dict_in_generate=True, output_scores=True)
-    assert int(handle.results[0].counts.sum()) < n_visual(family, inputs)  # it did prune
+    assert int(handle.results[0].counts.sum()) < n_visual(model, inputs)  # it did prune
     assert out.shape == (2, width + N_NEW)
     assert torch.equal(out[:, :width], inputs["input_ids"])  # as given, left padding included
     assert torch.equal(out[:, width], first)

@@ -1,9 +1,9 @@
 """In-encoder pruning adapters (transformers CLIP / SigLIP / DINOv2, timm ViT, open_clip CLIP).
 
-Tiny random models built from configs (no hub). Every source is checked
-against a hand-built reference: its blocks run by hand up to the pruning
-point, the kept tokens gathered with the recorded indices, the remaining
-blocks run on them.
+Tiny random models built from configs (no hub). ``CONTRACT_CASES`` (one per source) runs the
+adapter contract in tests/test_adapter_contract.py against a hand-built reference: the
+source's blocks run by hand up to the pruning point, the kept tokens gathered with the
+recorded indices, the remaining blocks run on them. The family-specific tests follow.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from prunekit.adapters import find_adapter
 from prunekit.adapters.hf_encoders import HFClipAdapter, HFDinov2Adapter, HFSiglipAdapter
 from prunekit.adapters.open_clip_vit import OpenClipViTAdapter
 from prunekit.adapters.timm_vit import TimmViTAdapter
+from prunekit.testing import AdapterCase, Refusal
 
 IMAGE, PATCH, WIDTH, DEPTH = 32, 8, 32, 4
 N_PATCHES = (IMAGE // PATCH) ** 2  # 16
@@ -417,15 +418,57 @@ def pruner(selection: str = "greedy_residual") -> prunekit.TokenPruner:
     return prunekit.create_pruner("composed", selection=selection)
 
 
+# -- the adapter contract's cases: one per source -----------------------------------------------
+def contract_inputs(model, which):
+    """Images ``which``: image i is seeded by i."""
+    return {"pixel_values": torch.cat([pixels(batch=1, seed=i) for i in which])}
+
+
+def registered_name(adapter: type) -> str:
+    (name,) = [s.name for s in prunekit.get_registry().specs("adapter") if s.factory is adapter]
+    return name
+
+
+def contract_case(source: Source) -> AdapterCase:
+    def run(model, inputs):
+        return source.forward(model, inputs["pixel_values"])
+
+    def contract_reference(model, inputs, results, options):
+        kept = results[0].indices
+        # (open_clip's forward runs the tower twice: same images, same selection)
+        assert all(torch.equal(r.indices, kept) for r in results)
+        return reference(source, model, inputs["pixel_values"], options["layer"], kept)
+
+    return AdapterCase(
+        family=registered_name(source.adapter),
+        label=source.name,
+        kind="encoder",
+        build=source.build,
+        inputs=contract_inputs,
+        run=run,
+        reference=contract_reference,
+        pruner=pruner,
+        options={"layer": 1},
+        variants=({"layer": 0}, {"layer": 1}, {"layer": 2}),
+        budgets=(5, 0.5),
+        full_budgets=(1.0, N_PATCHES, 10 * N_PATCHES),
+        n_prompts=3,
+        tolerance={},  # assert_close's float32 defaults: blocks run by hand, batches of 1 vs 3
+        refusals=(
+            Refusal(options={"layer": 100}, match=r"layer must be in \[0, "),
+            Refusal(options={"layer": "2"}, error=TypeError, match="layer must be an int"),
+        ),
+    )
+
+
+CONTRACT_CASES = [contract_case(source) for source in SOURCES]
+
+
 # -- matching -------------------------------------------------------------------------------
 def test_encoder_adapters_are_registered():
     assert {"hf_clip", "hf_siglip", "hf_dinov2", "timm_vit", "open_clip"} <= set(
         prunekit.list_adapters()
     )
-
-
-def test_find_adapter_picks_the_family(source, model):
-    assert find_adapter(model) is source.adapter
 
 
 def test_towers_of_other_models_are_not_matched():
@@ -446,24 +489,6 @@ def test_towers_of_other_models_are_not_matched():
 
 
 # -- behaviour ------------------------------------------------------------------------------
-@pytest.mark.parametrize("budget", [5, 0.5])
-@pytest.mark.parametrize("layer", [0, 1, 2])
-def test_matches_hand_built_reference(source, model, layer, budget):
-    px = pixels()
-    with torch.no_grad(), prunekit.attach(model, pruner(), budget=budget, layer=layer) as handle:
-        pruned = source.forward(model, px)
-    kept = handle.results[0].indices
-    # (open_clip's forward above runs the tower twice: same images, same selection)
-    assert all(torch.equal(r.indices, kept) for r in handle.results)
-    k = prunekit.num_kept(N_PATCHES, budget)
-    assert kept.shape == (px.shape[0], k)
-    expected = reference(source, model, px, layer, kept)
-    assert len(pruned) == len(expected)
-    for got, want in zip(pruned, expected):
-        assert got.shape == want.shape
-        assert_close(got, want)
-
-
 def test_output_shapes(source, model):
     px = pixels(batch=2)
     with torch.no_grad():
@@ -478,37 +503,6 @@ def test_output_shapes(source, model):
             assert b.shape[::2] == a.shape[::2]
         else:  # pooled embeddings keep their shape
             assert b.shape == a.shape
-
-
-@pytest.mark.parametrize("budget", [1.0, N_PATCHES, 10 * N_PATCHES])
-def test_full_budget_is_identity(source, model, budget):
-    px = pixels()
-    with torch.no_grad():
-        before = source.forward(model, px)
-        with prunekit.attach(model, pruner(), budget=budget, layer=1) as handle:
-            during = source.forward(model, px)
-    assert_outputs_equal(before, during)
-    assert handle.results[0].indices.shape == (3, N_PATCHES)
-
-
-def test_model_is_restored(source, model):
-    px = pixels()
-    state = hooks(model)
-    with torch.no_grad():
-        before = source.forward(model, px)
-        with prunekit.attach(model, pruner(), budget=0.25, layer=2):
-            assert hooks(model) != state
-            source.forward(model, px)
-        assert hooks(model) == state
-        assert_outputs_equal(before, source.forward(model, px))
-        with (
-            pytest.raises(RuntimeError, match="boom"),
-            prunekit.attach(model, pruner(), budget=0.25, layer=0),
-        ):
-            source.forward(model, px)
-            raise RuntimeError("boom")
-        assert hooks(model) == state
-        assert_outputs_equal(before, source.forward(model, px))
 
 
 def test_every_call_is_recorded(source, model):

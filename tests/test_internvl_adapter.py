@@ -1,4 +1,8 @@
-"""prunekit.attach on a tiny random InternVL (tiles + pixel shuffle): pruned generate / forward, token for token."""
+"""prunekit.attach on a tiny random InternVL (tiles + pixel shuffle): the family-specific tests.
+
+The adapter contract (both budget scopes) runs on ``CONTRACT_CASES`` in
+tests/test_adapter_contract.py.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ import transformers
 from tiny_models import left_pad
 
 import prunekit
-from prunekit.adapters.attach import find_adapter
 from prunekit.adapters.internvl import InternVLAdapter, placeholder_runs
+from prunekit.testing import AdapterCase, Refusal, hand_built_prompt, kept_indices
 
 IMAGE_TOKEN_ID = 3
 IMG_START, IMG_END = 60, 61  # <img> and </img>
@@ -77,10 +81,6 @@ def batch(texts=TEXTS, tiles=TILES, seed=0):
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
 
-def clone(inputs):
-    return {k: v.clone() for k, v in inputs.items()}
-
-
 def entries(model, inputs, scope):
     """The model's own features, split into pruning samples: per image (its tiles concatenated) or per tile."""
     tiles = list(model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output)
@@ -93,45 +93,53 @@ def entries(model, inputs, scope):
     return out
 
 
-def reference_prompt(model, inputs, kept, scope, positions="contiguous"):
-    """Hand-built reference: the model's own features, only the kept rows, spliced into the
-    embeddings of a prompt whose dropped placeholders are removed."""
-    feats = entries(model, inputs, scope)
-    flags = [i in set(k) for f, k in zip(feats, kept) for i in range(f.shape[0])]
-    rows, pos, cursor = [], [], 0
-    for b in range(inputs["input_ids"].shape[0]):
-        ids = inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
-        drop = set()
-        for i, t in enumerate(ids):
-            if t == IMAGE_TOKEN_ID:
-                if not flags[cursor]:
-                    drop.add(i)
-                cursor += 1
-        rows.append([t for i, t in enumerate(ids) if i not in drop])
-        pos.append([i for i in range(len(ids)) if i not in drop])
-    assert cursor == len(flags)
-    ids, mask = left_pad(rows)
-    kept_feats = torch.cat([f[sorted(k)] for f, k in zip(feats, kept)])
-    embeds = model.get_input_embeddings()(ids).masked_scatter(
-        (ids == IMAGE_TOKEN_ID).unsqueeze(-1), kept_feats
+# -- the adapter contract's cases: one per budget scope -------------------------------------------
+CONTRACT_PROMPTS = (((7, 8, 9), (3,)), ((10, 11), (1, 2)))  # (text, tiles per image)
+
+
+def contract_inputs(model, which):
+    """Prompts ``which`` of CONTRACT_PROMPTS, left padded; the tiles of prompt i are seeded by i."""
+    ids, mask = left_pad([prompt(*CONTRACT_PROMPTS[i]) for i in which])
+    pixels = [
+        torch.randn(
+            sum(CONTRACT_PROMPTS[i][1]), 3, 32, 32, generator=torch.Generator().manual_seed(i)
+        )
+        for i in which
+    ]
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.cat(pixels)}
+
+
+def contract_reference(model, inputs, results, options):
+    """The model's own features, split into the pruning samples of the scope; kept rows gathered."""
+    with torch.no_grad():
+        features = entries(model, inputs, options.get("budget_scope", "image"))
+    positions = options.get("positions", "contiguous")
+    return hand_built_prompt(model, inputs, features, kept_indices(results[0]), positions=positions)
+
+
+def one_placeholder_too_many(inputs):
+    inputs["input_ids"][0, -1] = IMAGE_TOKEN_ID
+    return inputs
+
+
+CONTRACT_CASES = [
+    AdapterCase(
+        family="internvl",
+        label=f"internvl_{scope}",
+        build=tiny_internvl,
+        inputs=contract_inputs,
+        reference=contract_reference,
+        options={"budget_scope": scope},
+        variants=({"positions": "contiguous"}, {"positions": "original"}),
+        budgets=budgets,
+        full_budgets=(1.0, full),
+        refusals=(
+            Refusal(options={"budget_scope": "images"}, match="budget_scope must be one of"),
+            Refusal(inputs=one_placeholder_too_many, match="image tokens but the images give"),
+        ),
     )
-    extra = {}
-    if positions == "original":
-        position_ids = torch.zeros_like(ids)
-        for b, p in enumerate(pos):
-            position_ids[b, ids.shape[1] - len(p) :] = torch.tensor(p)
-        extra["position_ids"] = position_ids
-    return ids, embeds, mask, extra
-
-
-def kept_of(handle):
-    (result,) = handle.results
-    return [row.tolist() for row in result.split()]
-
-
-def test_registered_and_found(model):
-    assert "internvl" in prunekit.list_adapters()
-    assert find_adapter(model) is InternVLAdapter
+    for scope, budgets, full in (("image", (3, 0.4), 3 * T), ("tile", (1, 0.5), T))
+]
 
 
 def test_placeholder_runs():
@@ -159,55 +167,6 @@ def test_image_features_are_what_the_model_scatters(model, scope):
         hook.remove()
     scattered = seen["embeds"][inputs["input_ids"] == IMAGE_TOKEN_ID]
     assert torch.equal(torch.cat(got.features), scattered)
-
-
-@pytest.mark.parametrize(
-    ("scope", "budget"), [("image", 3 * T), ("image", 1.0), ("tile", T), ("tile", 1.0)]
-)
-def test_full_budget_is_the_unpruned_model(model, scope, budget):
-    inputs = batch()
-    expected = model.generate(**clone(inputs), **GEN)
-    with prunekit.attach(model, "resprune", budget=budget, budget_scope=scope) as handle:
-        got = model.generate(**clone(inputs), **GEN)
-    assert torch.equal(got, expected)
-    counts = handle.results[0].counts.tolist()
-    assert counts == ([3 * T, T, 2 * T] if scope == "image" else [T] * 6)
-
-
-@pytest.mark.parametrize("positions", ["contiguous", "original"])
-@pytest.mark.parametrize(
-    ("scope", "budget"), [("image", 3), ("image", 0.4), ("tile", 1), ("tile", 0.5)]
-)
-def test_pruned_generate_equals_hand_built_reference(model, scope, budget, positions):
-    inputs = batch()
-    with prunekit.attach(
-        model, "resprune", budget=budget, budget_scope=scope, positions=positions
-    ) as handle:
-        got = model.generate(**clone(inputs), **GEN)
-    kept = kept_of(handle)
-    ids, embeds, mask, extra = reference_prompt(model, inputs, kept, scope, positions)
-    expected = model.generate(
-        input_ids=ids, inputs_embeds=embeds, attention_mask=mask, **extra, **GEN
-    )
-    # generate keeps the caller's layout: their input_ids, then the new tokens
-    assert torch.equal(got, torch.cat([inputs["input_ids"], expected[:, ids.shape[1] :]], dim=1))
-    tiles = [k for per_prompt in TILES for k in per_prompt]
-    sizes = [k * T for k in tiles] if scope == "image" else [T] * sum(tiles)
-    assert [len(k) for k in kept] == [prunekit.num_kept(n, budget) for n in sizes]
-    assert int((ids == IMAGE_TOKEN_ID).sum()) == sum(len(k) for k in kept)
-    assert ids.shape[1] < inputs["input_ids"].shape[1]
-    assert got.shape[1] == inputs["input_ids"].shape[1] + GEN["max_new_tokens"]
-
-
-def test_pruned_forward_equals_reference_forward(model):
-    inputs = batch()
-    with prunekit.attach(model, "resprune", budget=0.5) as handle:
-        logits = model(**clone(inputs)).logits
-    _, embeds, mask, _ = reference_prompt(model, inputs, kept_of(handle), "image")
-    expected = model(inputs_embeds=embeds, attention_mask=mask).logits
-    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
-    unpruned = model(**inputs).logits
-    assert not torch.allclose(logits[:, -1], unpruned[:, -1])  # the tiny model does see the images
 
 
 @pytest.mark.parametrize(
@@ -239,53 +198,6 @@ def test_tile_scope_keeps_tokens_in_every_tile(model):
     assert int(handle.results[0].indices.max()) < 3 * T
 
 
-def test_model_restored_after_exit_and_on_error(model):
-    inputs = batch()
-    before = model(**inputs).logits
-    forward_attr = type(model).forward
-    with prunekit.attach(model, "resprune", budget=2):
-        assert "forward" in model.__dict__ and "generate" in model.__dict__
-        pruned = model(**inputs).logits
-    assert pruned.shape[1] < before.shape[1]
-    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-    assert type(model).forward is forward_attr
-    assert torch.equal(model(**inputs).logits, before)
-    with pytest.raises(RuntimeError, match="boom"), prunekit.attach(model, "resprune", budget=2):
-        model(**inputs)
-        raise RuntimeError("boom")
-    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-    assert torch.equal(model(**inputs).logits, before)
-    expected = model.generate(**clone(inputs), **GEN)
-    assert torch.equal(model.generate(**clone(inputs), **GEN), expected)
-
-
-@pytest.mark.parametrize("scope", ["image", "tile"])
-def test_batch_equals_each_prompt_alone(model, scope):
-    texts, tiles = ((7, 8, 9, 12, 13), (10, 11)), ((2, 1), (3,))
-    inputs = batch(texts, tiles, seed=3)
-    with prunekit.attach(model, "resprune", budget=0.5, budget_scope=scope):
-        together = model.generate(**clone(inputs), **GEN)
-    start = 0
-    for b, (t, k) in enumerate(zip(texts, tiles)):
-        alone_inputs = batch((t,), (k,))
-        alone_inputs["pixel_values"] = inputs["pixel_values"][start : start + sum(k)]
-        start += sum(k)
-        with prunekit.attach(model, "resprune", budget=0.5, budget_scope=scope):
-            alone = model.generate(**alone_inputs, **GEN)
-        width = alone.shape[1]
-        assert together[b, -width:].tolist() == alone[0].tolist()
-        assert not together[b, :-width].any()  # the rest is left padding
-
-
-@pytest.mark.parametrize("scope", ["image", "tile"])
-def test_kv_cache_equals_recomputation(model, scope):
-    inputs = batch()
-    with prunekit.attach(model, "resprune", budget=0.5, budget_scope=scope):
-        cached = model.generate(**clone(inputs), **GEN, use_cache=True)
-        uncached = model.generate(**clone(inputs), **GEN, use_cache=False)
-    assert torch.equal(cached, uncached)
-
-
 def test_runs_that_are_not_whole_tiles(model):
     inputs = batch()
     ids = inputs["input_ids"].clone()
@@ -298,28 +210,6 @@ def test_runs_that_are_not_whole_tiles(model):
         pytest.raises(ValueError, match="not a whole number of tiles of 4 tokens"),
     ):
         model(**inputs)
-
-
-def test_mismatched_image_tokens(model):
-    inputs = batch()
-    inputs["input_ids"] = inputs["input_ids"].clone()
-    inputs["input_ids"][0, -1] = IMAGE_TOKEN_ID
-    for scope in ("image", "tile"):
-        with (
-            prunekit.attach(model, "resprune", budget=4, budget_scope=scope),
-            pytest.raises(ValueError, match="image tokens but the images give"),
-        ):
-            model(**inputs)
-
-
-def test_bad_budget_scope(model):
-    with pytest.raises(ValueError, match=r"budget_scope must be one of \['image', 'tile'\]"):
-        with prunekit.attach(model, "resprune", budget=4, budget_scope="images"):
-            pass
-    assert "forward" not in model.__dict__
-    with pytest.raises(TypeError, match="unexpected keyword argument 'layr'"):
-        with prunekit.attach(model, "resprune", budget=4, budget_scope="tile", layr=3):
-            pass
 
 
 @pytest.mark.parametrize("scope", ["image", "tile"])

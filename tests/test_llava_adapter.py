@@ -1,12 +1,20 @@
-"""prunekit.attach on a tiny random LLaVA: generate / forward pruned, token for token."""
+"""prunekit.attach on a tiny random LLaVA: the family-specific tests.
+
+The adapter contract (full budget, pruned generate / forward against a hand-built reference,
+batch vs alone, KV cache, restored model, refusals) runs on ``CONTRACT_CASES`` in
+tests/test_adapter_contract.py.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
 from tiny_models import IMAGE_TOKEN_ID, left_pad, prompt_ids, tiny_llava
 
 import prunekit
+from prunekit.testing import AdapterCase, Refusal, hand_built_prompt, kept_indices
 
 N_IMAGE = 16  # 32 px / 8 px patches, CLS dropped by the 'default' strategy
 GEN = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
@@ -47,38 +55,60 @@ def reference_generate(model, inputs, kept, positions="contiguous", **gen):
     return model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask, **extra, **gen)
 
 
-def strip_pad(sequences, width_new):
-    return [row[-width_new:].tolist() for row in sequences]
-
-
 def caller_layout(inputs, reference, n_new=GEN["max_new_tokens"]):
     """What generate returns under attach: the caller's input_ids, then the reference's new tokens."""
     return torch.cat([inputs["input_ids"], reference[:, -n_new:]], dim=1)
 
 
-@pytest.mark.parametrize("pruner", ["resprune", "composed"])
-def test_full_budget_is_the_unpruned_model(model, pruner):
-    inputs = batch()
-    expected = model.generate(**inputs, **GEN)
-    with prunekit.attach(model, pruner, budget=N_IMAGE) as handle:
-        got = model.generate(**inputs, **GEN)
-    assert torch.equal(got, expected)
-    assert handle.results[0].counts.tolist() == [N_IMAGE, N_IMAGE]
+# -- the adapter contract's case ----------------------------------------------------------------
+CONTRACT_PROMPTS = ((7, 8, 9), (10, 11))
 
 
-@pytest.mark.parametrize("positions", ["contiguous", "original"])
-@pytest.mark.parametrize("budget", [4, 0.5])
-def test_pruned_generate_equals_hand_built_reference(model, positions, budget):
-    inputs = batch()
-    with prunekit.attach(model, "resprune", budget=budget, positions=positions) as handle:
-        got = model.generate(**{k: v.clone() for k, v in inputs.items()}, **GEN)
-    (result,) = handle.results
-    kept = [row.tolist() for row in result.indices]
-    assert all(len(k) == prunekit.num_kept(N_IMAGE, budget) for k in kept)
-    reference = reference_generate(model, inputs, kept, positions, **GEN)
-    assert reference.shape[1] == inputs["input_ids"].shape[1] - (N_IMAGE - len(kept[0])) + 6
-    # generate returns the caller's prompt, then the new tokens
-    assert torch.equal(got, caller_layout(inputs, reference))
+def contract_inputs(model, which):
+    """Prompts ``which`` of CONTRACT_PROMPTS, left padded; the image of prompt i is seeded by i."""
+    ids, mask = left_pad([prompt_ids(list(CONTRACT_PROMPTS[i]), N_IMAGE) for i in which])
+    pixels = torch.cat(
+        [torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in which]
+    )
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+def contract_reference(model, inputs, results, options):
+    """The model's own image features, kept rows gathered, dropped placeholders removed."""
+    with torch.no_grad():
+        features = list(model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output)
+    positions = options.get("positions", "contiguous")
+    return hand_built_prompt(model, inputs, features, kept_indices(results[0]), positions=positions)
+
+
+def without_pixels_with_encoder_outputs(inputs):
+    inputs = dict(inputs)
+    inputs["mm_encoder_outputs"] = {"image": inputs.pop("pixel_values")}
+    return inputs
+
+
+def one_placeholder_too_many(inputs):
+    inputs["input_ids"][0, -1] = IMAGE_TOKEN_ID
+    return inputs
+
+
+CONTRACT_CASES = [
+    AdapterCase(
+        family="llava",
+        build=functools.partial(tiny_llava, initializer_range=0.2),  # positions change tokens
+        inputs=contract_inputs,
+        reference=contract_reference,
+        variants=({"positions": "contiguous"}, {"positions": "original"}),
+        budgets=(4, 0.5),
+        full_budgets=(1.0, N_IMAGE, 10_000),
+        refusals=(
+            Refusal(options={"positions": "shifted"}, match="positions must be one of"),
+            Refusal(budget=0, match="budget"),
+            Refusal(inputs=without_pixels_with_encoder_outputs, match="mm_encoder_outputs"),
+            Refusal(inputs=one_placeholder_too_many, match="image tokens but the images give"),
+        ),
+    )
+]
 
 
 def test_positions_option_changes_the_computation(model):
@@ -89,65 +119,6 @@ def test_positions_option_changes_the_computation(model):
             outs[positions] = model(**inputs).logits
     assert outs["contiguous"].shape == outs["original"].shape
     assert not torch.allclose(outs["contiguous"], outs["original"])
-
-
-def test_pruned_forward_equals_reference_forward(model):
-    inputs = batch()
-    with prunekit.attach(model, "resprune", budget=5) as handle:
-        logits = model(**inputs).logits
-    kept = [row.tolist() for row in handle.results[0].indices]
-    ref_ids = reference_generate(model, inputs, kept, max_new_tokens=1, do_sample=False)
-    # reconstruct the reference prompt (without the generated token) and run forward on embeds
-    prompt = ref_ids[:, :-1]
-    feats = model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
-    embeds = model.get_input_embeddings()(prompt).masked_scatter(
-        (prompt == IMAGE_TOKEN_ID).unsqueeze(-1), torch.cat([f[k] for f, k in zip(feats, kept)])
-    )
-    mask = (prompt != 0).long()
-    expected = model(inputs_embeds=embeds, attention_mask=mask).logits
-    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
-
-
-def test_model_restored_after_exit_and_on_error(model):
-    inputs = batch()
-    before = model(**inputs).logits
-    forward_attr = type(model).forward
-    with prunekit.attach(model, "resprune", budget=3):
-        assert "forward" in model.__dict__ and "generate" in model.__dict__
-        pruned = model(**inputs).logits
-    assert pruned.shape[1] < before.shape[1]
-    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-    assert type(model).forward is forward_attr
-    assert torch.equal(model(**inputs).logits, before)
-    with pytest.raises(RuntimeError, match="boom"), prunekit.attach(model, "resprune", budget=3):
-        raise RuntimeError("boom")
-    assert "forward" not in model.__dict__
-    assert torch.equal(model(**inputs).logits, before)
-    other = tiny_llava(seed=1)  # another instance is never touched
-    with prunekit.attach(model, "resprune", budget=3):
-        assert "forward" not in other.__dict__
-
-
-def test_batch_equals_each_prompt_alone(model):
-    texts = ((7, 8, 9, 12, 13), (10, 11))
-    inputs = batch(texts, seed=3)
-    with prunekit.attach(model, "resprune", budget=6):
-        together = model.generate(**inputs, **GEN)
-    for b, t in enumerate(texts):
-        alone_inputs = batch((t,), seed=3)
-        alone_inputs["pixel_values"] = inputs["pixel_values"][b : b + 1]
-        with prunekit.attach(model, "resprune", budget=6):
-            alone = model.generate(**alone_inputs, **GEN)
-        width = alone.shape[1]
-        assert together[b, -width:].tolist() == alone[0].tolist()
-
-
-def test_kv_cache_equals_recomputation(model):
-    inputs = batch()
-    with prunekit.attach(model, "resprune", budget=5):
-        cached = model.generate(**inputs, **GEN, use_cache=True)
-        uncached = model.generate(**inputs, **GEN, use_cache=False)
-    assert torch.equal(cached, uncached)
 
 
 def test_text_conditioning_uses_the_prompt_nouns(model):
@@ -236,52 +207,10 @@ def test_embedding_mean_centre_is_the_embedding_tables_mean_row(model):
             pass
 
 
-def test_mismatched_image_tokens(model):
-    inputs = batch()
-    inputs["input_ids"] = inputs["input_ids"].clone()
-    inputs["input_ids"][0, -3] = IMAGE_TOKEN_ID
-    with (
-        prunekit.attach(model, "resprune", budget=4),
-        pytest.raises(ValueError, match="image tokens but the images give"),
-    ):
-        model(**inputs)
-
-
 def test_unsupported_model_lists_families():
     with pytest.raises(TypeError, match=r"no adapter for Linear; supported families: \[.*'llava'"):
         with prunekit.attach(torch.nn.Linear(2, 2), "resprune", budget=4):
             pass
-
-
-def test_bad_options(model):
-    with pytest.raises(ValueError, match="positions must be one of"):
-        with prunekit.attach(model, "resprune", budget=4, positions="shifted"):
-            pass
-    with pytest.raises(TypeError, match="unexpected keyword argument 'layr'"):
-        with prunekit.attach(model, "resprune", budget=4, layr=3):
-            pass
-    with pytest.raises(ValueError, match="budget"):
-        with prunekit.attach(model, "resprune", budget=0):
-            pass
-
-
-def test_precomputed_encoder_outputs_are_refused(model):
-    inputs = batch()
-    features = model.model.get_image_features(pixel_values=inputs.pop("pixel_values"))
-    with (
-        prunekit.attach(model, "resprune", budget=4),
-        pytest.raises(ValueError, match="mm_encoder_outputs"),
-    ):
-        model(**inputs, mm_encoder_outputs={"image": features})
-
-
-def test_one_result_per_generate_call(model):
-    """generate() prunes once (at its own entry), not again in its internal forward calls."""
-    inputs = batch()
-    for budget in (N_IMAGE, 4):
-        with prunekit.attach(model, "resprune", budget=budget) as handle:
-            model.generate(**inputs, **GEN)
-        assert len(handle.results) == 1
 
 
 def test_before_projector_equals_hand_built_reference(model):

@@ -1,6 +1,12 @@
-"""prunekit.attach on a tiny random LLaVA-NeXT (base view + any-resolution crops + row newlines)."""
+"""prunekit.attach on a tiny random LLaVA-NeXT (base view + any-resolution crops + row newlines).
+
+The family-specific tests; the adapter contract runs on ``CONTRACT_CASES`` in
+tests/test_adapter_contract.py.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -16,6 +22,7 @@ from tiny_models import (
 import prunekit
 from prunekit.adapters.attach import find_adapter
 from prunekit.adapters.llava_next import LlavaNextAdapter
+from prunekit.testing import AdapterCase, Refusal, hand_built_prompt
 
 GEN = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False)
 # 32 px crops of 8 px patches: 16 tokens per crop ('default' strategy drops CLS)
@@ -25,11 +32,13 @@ SIZES = ((40, 20), (64, 64))
 MAX_PATCHES = 5  # base view + 2 x 2 crops
 
 
-def tiny_llava_next(seed: int = 0) -> transformers.LlavaNextForConditionalGeneration:
+def tiny_llava_next(
+    seed: int = 0, initializer_range: float = 0.02
+) -> transformers.LlavaNextForConditionalGeneration:
     torch.manual_seed(seed)
     config = transformers.LlavaNextConfig(
         vision_config=tiny_clip_vision_config(),
-        text_config=tiny_llama_config(),
+        text_config=tiny_llama_config(initializer_range=initializer_range),
         image_token_id=IMAGE_TOKEN_ID,
         image_grid_pinpoints=PINPOINTS,
         vision_feature_layer=-2,
@@ -89,34 +98,47 @@ def kept_slots(model, inputs, result):
     ]
 
 
-def reference_embeds(model, inputs, kept, positions="contiguous"):
-    """Hand-built reference: the model's own image features, only the kept rows, spliced
-    into inputs_embeds of a prompt whose dropped placeholders are removed."""
-    feats = model_features(model, inputs)
-    rows, pos = [], []
-    for b in range(inputs["input_ids"].shape[0]):
-        ids = inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
-        image_slots = [i for i, t in enumerate(ids) if t == IMAGE_TOKEN_ID]
-        assert len(image_slots) == feats[b].shape[0]
-        drop = {s for j, s in enumerate(image_slots) if j not in set(kept[b])}
-        rows.append([t for i, t in enumerate(ids) if i not in drop])
-        pos.append([i for i in range(len(ids)) if i not in drop])
-    ids, mask = left_pad(rows)
-    kept_feats = torch.cat([f[k] for f, k in zip(feats, kept)])
-    embeds = model.get_input_embeddings()(ids).masked_scatter(
-        (ids == IMAGE_TOKEN_ID).unsqueeze(-1), kept_feats
-    )
-    extra = {}
-    if positions == "original":
-        position_ids = torch.zeros_like(ids)
-        for b, p in enumerate(pos):
-            position_ids[b, ids.shape[1] - len(p) :] = torch.tensor(p)
-        extra["position_ids"] = position_ids
-    return ids, embeds, mask, extra
-
-
 def clone(inputs):
     return {k: v.clone() for k, v in inputs.items()}
+
+
+# -- the adapter contract's case ----------------------------------------------------------------
+CONTRACT_PROMPTS = (((7, 8, 9), (40, 20)), ((10, 11), (64, 64)))  # (text, image size)
+
+
+def contract_inputs(model, which):
+    """Prompts ``which`` of CONTRACT_PROMPTS, left padded; the image of prompt i is seeded by i."""
+    vision = [image_inputs((CONTRACT_PROMPTS[i][1],), seed=i) for i in which]
+    vision = {k: torch.cat([v[k] for v in vision]) for k in ("pixel_values", "image_sizes")}
+    counts = [f.shape[0] for f in model_features(model, vision)]
+    rows = [prompt_ids(list(CONTRACT_PROMPTS[i][0]), n) for i, n in zip(which, counts)]
+    ids, mask = left_pad(rows)
+    return {"input_ids": ids, "attention_mask": mask, **vision}
+
+
+def contract_reference(model, inputs, results, options):
+    """The model's own features; kept: the pruner's picks plus every row-newline slot."""
+    kept = kept_slots(model, inputs, results[0])
+    features = model_features(model, inputs)
+    positions = options.get("positions", "contiguous")
+    return hand_built_prompt(model, inputs, features, kept, positions=positions)
+
+
+def without_image_sizes(inputs):
+    return {k: v for k, v in inputs.items() if k != "image_sizes"}
+
+
+CONTRACT_CASES = [
+    AdapterCase(
+        family="llava_next",
+        build=functools.partial(tiny_llava_next, initializer_range=0.2),
+        inputs=contract_inputs,
+        reference=contract_reference,
+        variants=({"positions": "contiguous"}, {"positions": "original"}),
+        budgets=(10, 0.3),
+        refusals=(Refusal(inputs=without_image_sizes, match="image_sizes"),),
+    )
+]
 
 
 def test_registered_and_matched(model):
@@ -166,49 +188,6 @@ def test_unpadded_grid_and_single_crop_layouts(model):
     assert [int(p.sum()) for p in images.prunable] == [16 + 6 * 4, 16 + 4 * 4, 16 + 4 * 8]
 
 
-@pytest.mark.parametrize("pruner", ["resprune", "composed"])
-@pytest.mark.parametrize("budget", [10_000, 1.0])
-def test_full_budget_is_the_unpruned_model(model, pruner, budget):
-    inputs = batch(model)
-    expected = model.generate(**clone(inputs), **GEN)
-    with prunekit.attach(model, pruner, budget=budget) as handle:
-        got = model.generate(**clone(inputs), **GEN)
-    assert torch.equal(got, expected)
-    assert handle.results[0].counts.tolist() == visual_counts(model, inputs)
-
-
-@pytest.mark.parametrize("positions", ["contiguous", "original"])
-@pytest.mark.parametrize("budget", [10, 0.3])
-def test_pruned_generate_equals_hand_built_reference(model, positions, budget):
-    inputs = batch(model)
-    with prunekit.attach(model, "resprune", budget=budget, positions=positions) as handle:
-        got = model.generate(**clone(inputs), **GEN)
-    (result,) = handle.results
-    kept = kept_slots(model, inputs, result)
-    ids, embeds, mask, extra = reference_embeds(model, inputs, kept, positions)
-    expected = model.generate(
-        input_ids=ids, inputs_embeds=embeds, attention_mask=mask, **extra, **GEN
-    )
-    lengths = [  # real prompt length minus dropped placeholders
-        int(m.sum()) - f.shape[0] + len(k)
-        for m, f, k in zip(inputs["attention_mask"], model_features(model, inputs), kept)
-    ]
-    assert expected.shape[1] == max(lengths) + GEN["max_new_tokens"]
-    # generate keeps the caller's layout: their input_ids, then the new tokens
-    new_tokens = expected[:, ids.shape[1] :]
-    assert torch.equal(got, torch.cat([inputs["input_ids"], new_tokens], dim=1))
-
-
-def test_pruned_forward_equals_reference_forward(model):
-    inputs = batch(model)
-    with prunekit.attach(model, "resprune", budget=0.25) as handle:
-        logits = model(**clone(inputs)).logits
-    kept = kept_slots(model, inputs, handle.results[0])
-    _, embeds, mask, _ = reference_embeds(model, inputs, kept)
-    expected = model(inputs_embeds=embeds, attention_mask=mask).logits
-    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("budget", [1, 7, 40, 0.05, 0.5, 0.9])
 def test_counting_convention(model, budget):
     """Kept visual tokens per image == num_kept(visual tokens of base + crops, budget);
@@ -232,58 +211,3 @@ def test_counting_convention(model, budget):
         for m, f, k, nl in zip(inputs["attention_mask"], feats, result.counts.tolist(), n_newlines)
     ]
     assert logits.shape[1] == max(lengths)
-
-
-def test_model_restored_after_exit_and_on_error(model):
-    inputs = batch(model)
-    before = model(**clone(inputs)).logits
-    forward_attr = type(model).forward
-    with prunekit.attach(model, "resprune", budget=3):
-        assert "forward" in model.__dict__ and "generate" in model.__dict__
-        pruned = model(**clone(inputs)).logits
-    assert pruned.shape[1] < before.shape[1]
-    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-    assert type(model).forward is forward_attr
-    assert torch.equal(model(**clone(inputs)).logits, before)
-    expected = model.generate(**clone(inputs), **GEN)
-    with pytest.raises(RuntimeError, match="boom"), prunekit.attach(model, "resprune", budget=3):
-        model.generate(**clone(inputs), **GEN)
-        raise RuntimeError("boom")
-    assert "forward" not in model.__dict__ and "generate" not in model.__dict__
-    assert torch.equal(model(**clone(inputs)).logits, before)
-    assert torch.equal(model.generate(**clone(inputs), **GEN), expected)
-
-
-def test_batch_equals_each_prompt_alone(model):
-    texts = ((7, 8, 9, 12, 13), (10, 11))
-    sizes = ((48, 30), (64, 64))  # 46 and 88 placeholders
-    inputs = batch(model, texts, sizes, seed=3)
-    assert inputs["attention_mask"][0, 0] == 0  # left padded
-    for budget in (6, 0.4):
-        with prunekit.attach(model, "resprune", budget=budget):
-            together = model.generate(**clone(inputs), **GEN)
-        for b, t in enumerate(texts):
-            alone_inputs = batch(model, (t,), (sizes[b],), seed=3)
-            alone_inputs["pixel_values"] = inputs["pixel_values"][b : b + 1].clone()
-            with prunekit.attach(model, "resprune", budget=budget):
-                alone = model.generate(**alone_inputs, **GEN)
-            width = alone.shape[1]
-            assert together[b, -width:].tolist() == alone[0].tolist()
-
-
-def test_kv_cache_equals_recomputation(model):
-    inputs = batch(model)
-    with prunekit.attach(model, "resprune", budget=5):
-        cached = model.generate(**clone(inputs), **GEN, use_cache=True)
-        uncached = model.generate(**clone(inputs), **GEN, use_cache=False)
-    assert torch.equal(cached, uncached)
-
-
-def test_missing_image_sizes(model):
-    inputs = batch(model)
-    del inputs["image_sizes"]
-    with (
-        prunekit.attach(model, "resprune", budget=4),
-        pytest.raises(ValueError, match="image_sizes"),
-    ):
-        model(**inputs)

@@ -1,18 +1,28 @@
-"""prunekit.testing: the reusable contract suite catches broken pruners and covers signals."""
+"""prunekit.testing: the reusable contract suites catch broken pruners and adapters."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from test_llava_adapter import CONTRACT_CASES as LLAVA_CASES
 
 from prunekit import Picks, TokenPruner
+from prunekit.adapters.vlm import PreLLMAdapter
 from prunekit.core.signals import SIGNALS, SignalSpec
 from prunekit.testing import (
+    AdapterCase,
+    AdapterContract,
     PrunerContract,
+    Refusal,
     as_case,
     case_id,
+    check_adapter,
     check_pruner,
+    model_state,
     registered_cases,
+    state_differences,
     synthesize_signals,
 )
 
@@ -201,3 +211,118 @@ def test_mixin_without_a_pruner_says_what_to_set():
 
     with pytest.raises(TypeError, match="must set `pruner = ...`"):
         TestNothing().make_pruner()
+
+
+# -- the adapter contract ------------------------------------------------------------------------
+def small_llava_case() -> AdapterCase:
+    """The LLaVA contract case cut to one budget and option set, with a fresh model."""
+    (case,) = LLAVA_CASES
+    return dataclasses.replace(
+        case, label="llava_small", budgets=(4,), full_budgets=(1.0,), variants=({},), refusals=()
+    )
+
+
+class TestAdapterMixinOnOneCase(AdapterContract):
+    """What a plugin writes: the mixin with ``case = AdapterCase(...)``."""
+
+    case = small_llava_case()
+
+
+def test_adapter_contract_catches_wrong_kept_rows(monkeypatch):
+    """An adapter that feeds the LLM other rows than the ones it records fails the reference check."""
+    original = PreLLMAdapter._prune
+    monkeypatch.setattr(
+        PreLLMAdapter, "_prune", lambda self, *a, **k: [f.roll(1) for f in original(self, *a, **k)]
+    )
+    with pytest.raises(AssertionError, match="'reference, budget 4.*generated tokens vs the ref"):
+        check_adapter(small_llava_case(), checks=("reference",))
+
+
+def test_adapter_contract_catches_an_override_left_behind(monkeypatch):
+    """An adapter whose install forgets to return the undo of its generate override fails
+    the restore check (and names the attribute)."""
+    original = PreLLMAdapter.install
+    monkeypatch.setattr(PreLLMAdapter, "install", lambda self, handle: original(self, handle)[:-1])
+    with pytest.raises(AssertionError, match=r"model restored.*instance attributes \['generate'\]"):
+        check_adapter(small_llava_case(), checks=("restored",))
+
+
+def test_adapter_contract_catches_a_swallowed_option(monkeypatch):
+    original = PreLLMAdapter.__init__
+
+    def lenient(self, model, **options):
+        options.pop("not_an_option_of_any_adapter", None)
+        original(self, model, **options)
+
+    monkeypatch.setattr(PreLLMAdapter, "__init__", lenient)
+    with pytest.raises(AssertionError, match="refusal .* nothing was refused"):
+        check_adapter(small_llava_case(), checks=("refusal",))
+
+
+def test_check_adapter_reports_passed_and_skipped_checks():
+    from test_encoder_adapters import CONTRACT_CASES as ENCODER_CASES
+
+    case = dataclasses.replace(ENCODER_CASES[0], budgets=(5,), variants=({"layer": 1},))
+    report = check_adapter(case, checks=("reference", "kv_cache", "restored"))
+    assert list(report) == [
+        "reference, budget 5, {'layer': 1}",
+        "KV cache, budget 5, {'layer': 1}",
+        "model restored",
+    ]
+    assert report["KV cache, budget 5, {'layer': 1}"] == (
+        "skipped: encoders have no generate, so no KV cache"
+    )
+    assert report["reference, budget 5, {'layer': 1}"] == "passed"
+    assert report["model restored"] == "passed"
+
+
+def test_model_state_sees_every_kind_of_change():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    before = model_state(model)
+    assert state_differences(before, model_state(model)) == []
+    model[0].forward = lambda x: x
+    assert "instance attributes ['forward']" in state_differences(before, model_state(model))[0]
+    del model[0].forward
+    hook = model[0].register_forward_hook(lambda *a: None)
+    assert "_forward_hooks" in state_differences(before, model_state(model))[0]
+    hook.remove()
+    weight = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    assert state_differences(before, model_state(model)) == [
+        "0.weight: value, dtype or requires_grad changed"
+    ]
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    assert state_differences(before, model_state(model)) == []
+
+    class Patched(torch.nn.Linear):
+        pass
+
+    patched = Patched(2, 2)
+    state = model_state(patched)
+    Patched.forward = lambda self, x: x
+    (problem,) = state_differences(state, model_state(patched))
+    assert problem.endswith("Patched was patched: ['forward']")
+
+
+def test_adapter_case_errors():
+    def build():
+        return torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="needs run="):
+        AdapterCase(family="x", kind="encoder", build=build, inputs=None, reference=None)
+    with pytest.raises(ValueError, match="kind must be 'vlm' or 'encoder'"):
+        AdapterCase(family="x", kind="llm", build=build, inputs=None, reference=None)
+    with pytest.raises(ValueError, match="n_prompts must be at least 2"):
+        AdapterCase(family="x", build=build, inputs=None, reference=None, n_prompts=1)
+    with pytest.raises(ValueError, match="non-empty regular expression"):
+        Refusal(match="")
+
+    class TestNothing(AdapterContract):
+        pass
+
+    with pytest.raises(TypeError, match="must set `case = AdapterCase"):
+        TestNothing().contract_cases()
+    with pytest.raises(ValueError, match=r"checks: unknown names \['kv'\]"):
+        check_adapter(small_llava_case(), checks=("kv",))

@@ -41,13 +41,16 @@ def tiny_clip_vision_config(
 
 
 def tiny_llava(
-    seed: int = 0, attn_implementation: str = "sdpa"
+    seed: int = 0, attn_implementation: str = "sdpa", initializer_range: float = 0.02
 ) -> transformers.LlavaForConditionalGeneration:
-    """LLaVA-1.5 shaped: CLIP tower (16 patches + CLS, 'default' strategy drops CLS), 2-layer Llama."""
+    """LLaVA-1.5 shaped: CLIP tower (16 patches + CLS, 'default' strategy drops CLS), 2-layer Llama.
+
+    A larger ``initializer_range`` (e.g. 0.2) makes every position and image token change
+    the greedy tokens, not only the logits."""
     torch.manual_seed(seed)
     config = transformers.LlavaConfig(
         vision_config=tiny_clip_vision_config(),
-        text_config=tiny_llama_config(),
+        text_config=tiny_llama_config(initializer_range=initializer_range),
         image_token_id=IMAGE_TOKEN_ID,
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",

@@ -700,7 +700,9 @@ class PrunerPropertyTests(_PrunerUnderTest):
 
 
 class PrunerContract(PrunerContractTests, PrunerPropertyTests):
-    """Every contract test of a prunekit pruner, as a pytest mixin::
+    """Every contract test of a prunekit pruner, as a pytest mixin.
+
+    For example::
 
         class TestMyPruner(PrunerContract):
             pruner = "my_pruner"          # or MyPruner (a class), or MyPruner(alpha=2.0)
