@@ -6,8 +6,10 @@ from prunekit.adapters.hf_encoders import HFClipAdapter, HFDinov2Adapter, HFSigl
 from prunekit.adapters.internvl import InternVLAdapter
 from prunekit.adapters.llava import LlavaAdapter
 from prunekit.adapters.llava_next import LlavaNextAdapter
+from prunekit.adapters.llava_onevision import LlavaOnevisionAdapter
 from prunekit.adapters.open_clip_vit import OpenClipViTAdapter
 from prunekit.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+from prunekit.adapters.qwen3_vl import Qwen3VLAdapter
 from prunekit.adapters.timm_vit import TimmViTAdapter
 from prunekit.pruners import ComposedPruner, ResPrune
 from prunekit.registry import hookimpl
@@ -36,8 +38,10 @@ def prunekit_register(registry) -> None:
     registry.add_noun_extractor(SpacyNounExtractor)
     registry.add_adapter("llava", LlavaAdapter)
     registry.add_adapter("llava_next", LlavaNextAdapter)
+    registry.add_adapter("llava_onevision", LlavaOnevisionAdapter)
     registry.add_adapter("internvl", InternVLAdapter)
     registry.add_adapter("qwen2_5_vl", Qwen2_5_VLAdapter)
+    registry.add_adapter("qwen3_vl", Qwen3VLAdapter)
     registry.add_adapter("hf_clip", HFClipAdapter)
     registry.add_adapter("hf_siglip", HFSiglipAdapter)
     registry.add_adapter("hf_dinov2", HFDinov2Adapter)
