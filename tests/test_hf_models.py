@@ -18,7 +18,9 @@ import prunekit
 from prunekit.adapters.attach import find_adapter
 from prunekit.cli import main
 from prunekit.experiments import compose
-from prunekit.experiments.config import ConfigError, build_model
+from prunekit.experiments.bench import generate_answers
+from prunekit.experiments.config import ConfigError, attach_options, build_model
+from prunekit.experiments.datasets import Sample
 from prunekit.models import CheckpointNotFoundError, chat_prompt, load_hf
 from prunekit.models.tiny import CHECKPOINT_FAMILIES, save_tiny_checkpoint
 
@@ -26,14 +28,26 @@ CLASSES = {
     "llava": ("LlavaForConditionalGeneration", "LlavaProcessor"),
     "llava_next": ("LlavaNextForConditionalGeneration", "LlavaNextProcessor"),
     "internvl": ("InternVLForConditionalGeneration", "InternVLProcessor"),
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+    "llava_onevision": ("LlavaOnevisionForConditionalGeneration", "LlavaOnevisionProcessor"),
 }
+#: the families tested: a tiny checkpoint builder and a registered adapter
+FAMILIES = tuple(f for f in CHECKPOINT_FAMILIES if f in prunekit.list_adapters())
+#: the families of issue 15 among them
+NEW_FAMILIES = tuple(f for f in ("qwen2_5_vl", "qwen3_vl", "llava_onevision") if f in FAMILIES)
+QWEN_FAMILIES = tuple(f for f in ("qwen2_5_vl", "qwen3_vl") if f in FAMILIES)
 GEN = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
-    return {f: save_tiny_checkpoint(f, root / f) for f in CHECKPOINT_FAMILIES}
+    # the new families' random weights are drawn wider, so that every token matters
+    return {
+        f: save_tiny_checkpoint(f, root / f, initializer_range=0.2 if f in NEW_FAMILIES else 0.1)
+        for f in FAMILIES
+    }
 
 
 def picture(width: int = 32, height: int = 32, seed: int = 0) -> Image.Image:
@@ -46,7 +60,7 @@ def inputs_for(processor, questions, images):
     return processor(images=images, text=texts, return_tensors="pt", padding=True)
 
 
-@pytest.mark.parametrize("family", CHECKPOINT_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_load_hf_loads_each_family_from_its_folder(checkpoints, family):
     model, processor = load_hf(checkpoints[family])
     assert type(model).__name__ == CLASSES[family][0]
@@ -57,7 +71,7 @@ def test_load_hf_loads_each_family_from_its_folder(checkpoints, family):
     assert processor.chat_template  # from the same checkpoint
 
 
-@pytest.mark.parametrize("family", CHECKPOINT_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_attach_budget_one_equals_unpruned_and_a_smaller_budget_keeps_fewer(checkpoints, family):
     model, processor = load_hf(checkpoints[family])
     inputs = inputs_for(
@@ -84,14 +98,21 @@ def test_attach_budget_one_equals_unpruned_and_a_smaller_budget_keeps_fewer(chec
 #   (8 + 1) = 52;
 # internvl: 4 tokens per 32 px tile (16 patches, pixel shuffle 0.5); a square image is one
 #   tile; a 2:1 image is 2 tiles plus the thumbnail = 3 tiles = 12.
+# qwen2_5_vl / qwen3_vl: the image keeps its size (a multiple of 8 px, between 16 x 16 and
+#   64 x 64 px), 4 px patches merged 2 x 2: 32 x 32 px is 8 x 8 patches = 16 tokens; 64 x 32 is
+#   8 x 16 patches = 32.
+# llava_onevision: as llava_next (SigLIP has no CLS, 'full' keeps all 16 tokens of a view).
 EXPECTED = {
     "llava": {(32, 32): 16, (64, 32): 16},
     "llava_next": {(32, 32): 36, (64, 32): 52},
     "internvl": {(32, 32): 4, (64, 32): 12},
+    "qwen2_5_vl": {(32, 32): 16, (64, 32): 32},
+    "qwen3_vl": {(32, 32): 16, (64, 32): 32},
+    "llava_onevision": {(32, 32): 36, (64, 32): 52},
 }
 
 
-@pytest.mark.parametrize("family", CHECKPOINT_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("size", [(32, 32), (64, 32)])
 def test_chat_prompt_has_one_placeholder_the_processor_expands(checkpoints, family, size):
     model, processor = load_hf(checkpoints[family])
@@ -110,6 +131,17 @@ def test_chat_prompt_follows_the_checkpoint_template(checkpoints):
     assert chat_prompt("what is it?", processor) == (
         "<|im_start|>user\n<IMG_CONTEXT>\nwhat is it?<|im_end|>\n<|im_start|>assistant\n"
     )
+    expected = {  # the public checkpoints' layouts
+        "qwen2_5_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>what is it?<|im_end|>\n"
+        "<|im_start|>assistant\n",
+        "qwen3_vl": "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>what is it?"
+        "<|im_end|>\n<|im_start|>assistant\n",
+        "llava_onevision": "<|im_start|>user <image>\nwhat is it?<|im_end|><|im_start|>assistant\n",
+    }
+    for family in NEW_FAMILIES:
+        _, processor = load_hf(checkpoints[family])
+        assert chat_prompt("what is it?", processor) == expected[family]
 
 
 def test_chat_prompt_without_a_template_names_the_checkpoint(checkpoints):
@@ -184,6 +216,182 @@ def test_unsupported_model_class_is_refused_before_reading_weights(tmp_path):
         file.write_bytes(b"not weights")  # reading them would fail differently
     with pytest.raises(TypeError, match=r"LlamaForCausalLM.*supported families.*llava"):
         load_hf(tmp_path)
+
+
+# -- the families of issue 15: Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision ---------------------
+PARTS = {  # image and video processors, as the public checkpoints' processor_config.json name them
+    "qwen2_5_vl": ("Qwen2VLImageProcessor", "Qwen2VLVideoProcessor"),
+    "qwen3_vl": ("Qwen2VLImageProcessor", "Qwen3VLVideoProcessor"),
+    "llava_onevision": ("LlavaOnevisionImageProcessor", "LlavaOnevisionVideoProcessor"),
+}
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_new_family_checkpoint_has_the_real_processor_parts(checkpoints, family):
+    model, processor = load_hf(checkpoints[family])
+    image_processor, video_processor = PARTS[family]
+    assert type(processor.image_processor).__name__ == image_processor
+    assert type(processor.video_processor).__name__ == video_processor
+    text = model.config.text_config
+    assert (text.num_hidden_layers, text.hidden_size) == (2, 32)
+    inputs = processor(
+        images=[picture(32, 32)], text=[chat_prompt("what is it?", processor)], return_tensors="pt"
+    )
+    ids = inputs["input_ids"][0].tolist()
+    image_id = model.config.image_token_id
+    first = ids.index(image_id)
+    n = EXPECTED[family][32, 32]
+    assert ids[first : first + n] == [image_id] * n and ids.count(image_id) == n
+    if family in QWEN_FAMILIES:  # <|vision_start|> pads <|vision_end|>, and their token types
+        tokenizer = processor.tokenizer
+        assert ids[first - 1] == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        assert ids[first + n] == tokenizer.convert_tokens_to_ids("<|vision_end|>")
+        assert inputs["mm_token_type_ids"][0].tolist() == [int(i == image_id) for i in ids]
+        assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]
+
+
+@pytest.mark.skipif("qwen3_vl" not in FAMILIES, reason="qwen3_vl adapter not registered")
+def test_qwen3_vl_checkpoint_has_deepstack_features(checkpoints):
+    model, processor = load_hf(checkpoints["qwen3_vl"])
+    assert list(model.config.vision_config.deepstack_visual_indexes) == [0, 1]
+    inputs = processor(
+        images=[picture(32, 32), picture(64, 32, 1)],
+        text=[chat_prompt("what?", processor)] * 2,
+        return_tensors="pt",
+        padding=True,
+    )
+    with torch.no_grad():
+        out = model.model.get_image_features(
+            inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+        )
+    assert len(out.deepstack_features) == 2  # one per decoder layer it feeds
+    for level in out.deepstack_features:
+        assert [tuple(f.shape) for f in level] == [(16, 32), (32, 32)]
+
+
+def _samples(sizes):
+    return [
+        Sample(str(i), picture(*size, seed=i), "what shape is this?", "circle")
+        for i, size in enumerate(sizes)
+    ]
+
+
+def _answer_alone(model, processor, sample, drop=()):
+    inputs = processor(
+        images=[sample.image], text=[chat_prompt(sample.question, processor)], return_tensors="pt"
+    )
+    inputs = {k: v for k, v in inputs.items() if k not in drop}
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    n = inputs["input_ids"].shape[1]
+    return processor.batch_decode(out[:, n:], skip_special_tokens=True)[0]
+
+
+@pytest.mark.parametrize("family", QWEN_FAMILIES)
+def test_benchmark_batches_give_the_model_the_grids_and_token_types(checkpoints, family):
+    """The benchmark path hands the model every processor output (``image_grid_thw`` and
+    ``mm_token_type_ids`` for the 3-D positions): a ragged batch answers as each prompt
+    does alone through ``model.generate`` with all of them, and not as without the types."""
+    model, processor = load_hf(checkpoints[family])
+    model = model.double()
+    samples = _samples([(32, 32), (64, 32), (32, 64)])
+    generation = generate_answers(
+        model, processor, samples, prompt=None, max_new_tokens=3, batch_size=3, warmup=False
+    )
+    alone = [_answer_alone(model, processor, s) for s in samples]
+    assert generation.answers == alone
+    assert generation.image_tokens == [16, 32, 32]
+    without = [_answer_alone(model, processor, s, drop=("mm_token_type_ids",)) for s in samples]
+    assert without != alone  # 1-D positions: the token types matter, so the check above can fail
+
+
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_pruned_ragged_batches_answer_as_alone_and_count_each_images_tokens(checkpoints, family):
+    model, processor = load_hf(checkpoints[family])
+    model = model.double()
+    samples = _samples([(32, 32), (64, 32), (32, 64)])
+    out = {}
+    for batch_size in (1, 3):
+        out[batch_size] = generate_answers(
+            model,
+            processor,
+            samples,
+            prompt=None,
+            max_new_tokens=3,
+            batch_size=batch_size,
+            context=lambda: prunekit.attach(
+                model, "resprune", budget=0.5, tokenizer=processor.tokenizer
+            ),
+            warmup=False,
+        )
+    assert out[1].answers == out[3].answers
+    # per image: its own tokens in, half of its prunable tokens kept; OneVision's row
+    # newlines (one per row of the crop grid) are always kept and count as kept
+    expected = {
+        "qwen2_5_vl": ([16, 32, 32], [8, 16, 16]),
+        "qwen3_vl": ([16, 32, 32], [8, 16, 16]),
+        # base view 16 + crop grid + newlines: 32 x 32 px 16 + 4 x 4 + 4; 64 x 32 (w x h)
+        # 16 + 4 x 8 + 4; 32 x 64 16 + 8 x 4 + 8
+        "llava_onevision": ([36, 52, 56], [16 + 4, 24 + 4, 24 + 8]),
+    }[family]
+    for generation in out.values():
+        assert (generation.image_tokens, generation.kept) == expected
+        assert generation.tokens_in == generation.image_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", NEW_FAMILIES)
+def test_ablate_records_budget_one_as_unpruned_and_fewer_tokens_at_a_quarter(
+    checkpoints, family, tmp_path
+):
+    out = tmp_path / "ablation"
+    args = ["ablate", "model=hf", f"model.path={checkpoints[family]}", "pruner=random"]
+    data = ["data=tiny", "data.n_samples=4", "data.image_size=32", "budget=0.25,1.0"]
+    bench = ["bench.progress=false", "bench.closed_answers=false", "bench.max_new_tokens=3"]
+    assert main([*args, *data, *bench, "--out", str(out)]) == 0
+    results = {}
+    for run_dir in (d for d in out.iterdir() if (d / "result.json").is_file()):
+        record = json.loads((run_dir / "result.json").read_text())
+        results[record["config"]["budget"]] = (record, _predictions(run_dir))
+    assert sorted(results) == [0.25, 1.0]
+    # 32 x 32 px images: 16 tokens (Qwen); OneVision 16 + 16 + 4 newlines, 32 prunable
+    n_in, n_kept = {"llava_onevision": (36, 8 + 4)}.get(family, (16, 4))
+    full, rows = results[1.0]
+    assert all(row["prediction"] == row["reference"] for row in rows)
+    assert full["metrics"]["loyalty"] == 1.0
+    assert full["metrics"]["tokens_kept"] == full["metrics"]["tokens_in"] == n_in
+    assert full["efficiency"]["flops_speedup"] == 1.0
+    quarter, rows = results[0.25]
+    assert [row["kept"] for row in rows] == [n_kept] * 4
+    assert quarter["metrics"]["tokens_in"] == n_in
+    assert quarter["efficiency"]["kept_visual_tokens"] == 4 * n_kept
+    assert quarter["metrics"]["loyalty"] < 1.0  # the answers depend on the tokens kept
+
+
+@pytest.mark.skipif("qwen2_5_vl" not in FAMILIES, reason="qwen2_5_vl adapter not registered")
+def test_config_positions_reach_the_qwen_adapter(checkpoints):
+    """adapter.positions: null is the adapter's own default (original for Qwen-VL); a value
+    set in the config is passed, also the config-wide 'contiguous'."""
+    from prunekit.adapters.attach import find_adapter
+
+    path = f"model.path={checkpoints['qwen2_5_vl']}"
+    seen = {}
+    for value in ("null", "contiguous", "original"):
+        cfg = compose(["model=hf", path, f"adapter.positions={value}"])
+        model, processor = build_model(cfg)
+        seen[value] = find_adapter(model)(model, **attach_options(cfg, processor)).positions
+    assert seen == {"null": "original", "contiguous": "contiguous", "original": "original"}
+
+
+@pytest.mark.skipif("qwen2_5_vl" not in FAMILIES, reason="qwen2_5_vl adapter not registered")
+def test_cli_run_answers_on_a_qwen_checkpoint(checkpoints, tmp_path, capsys):
+    out = tmp_path / "kept.png"
+    args = ["run", "model=hf", f"model.path={checkpoints['qwen2_5_vl']}", "pruner=resprune"]
+    extra = ["budget=0.25", "--image", "astronaut", "--prompt", "what?", "--out", str(out)]
+    assert main([*args, *extra]) == 0
+    # the 512 x 512 px astronaut is resized to the 64 x 64 px maximum: 8 x 8 merged tokens
+    assert "tokens kept: 16 / 64" in capsys.readouterr().out
 
 
 # -- the config group -------------------------------------------------------------------

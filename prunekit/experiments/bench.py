@@ -282,13 +282,32 @@ def generate_answers(
             )
             out.text_tokens.extend((prompt_tokens - placeholders).tolist())
             out.image_tokens.extend(placeholders.tolist())
-            for result in getattr(handle, "results", []):
-                out.kept.extend(int(c) for c in result.counts)
-                out.tokens_in.extend([int(result.mask.shape[1])] * len(result.counts))
+            kept, tokens_in = _kept_tokens(getattr(handle, "results", []), placeholders)
+            out.kept.extend(kept)
+            out.tokens_in.extend(tokens_in)
             bar.update(len(batch))
     finally:
         bar.close()
     return out
+
+
+def _kept_tokens(results: Sequence[Any], placeholders: torch.Tensor) -> tuple[list[int], list[int]]:
+    """``(kept, tokens in)`` of a batch's pruning results, per result row (image).
+
+    Tokens in are each row's valid tokens (``valid_counts``; a ragged batch of
+    dynamic-resolution images pads its rows). When there is one row per prompt and the
+    prompt's image placeholders are at least the tokens the pruner saw, the difference is
+    tokens the adapter always keeps (LLaVA-NeXT / OneVision row newlines): they count as
+    kept and in, so that kept / in is what stays of the prompt's visual tokens.
+    """
+    if not results:
+        return [], []
+    counts = torch.cat([r.counts.reshape(-1).cpu() for r in results])
+    valid = torch.cat([r.valid_counts.reshape(-1).cpu() for r in results])
+    fixed = placeholders.cpu() - valid if len(valid) == len(placeholders) else None
+    if fixed is not None and bool((fixed >= 0).all()):
+        return (counts + fixed).tolist(), placeholders.tolist()
+    return counts.tolist(), valid.tolist()
 
 
 def efficiency(

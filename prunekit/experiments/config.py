@@ -547,7 +547,7 @@ def attach_options(cfg: DictConfig, processor: Any) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if adapter.tokenizer and getattr(processor, "tokenizer", None) is not None:
         options["tokenizer"] = processor.tokenizer
-    if adapter.positions != "contiguous":
+    if adapter.positions is not None:  # None: the adapter's own default
         options["positions"] = adapter.positions
     if adapter.llm_layer is not None:
         options["llm_layer"] = adapter.llm_layer

@@ -61,7 +61,7 @@ def bounded(
     return field(default=default, metadata={k: v for k, v in limits.items() if v is not None})
 
 
-def one_of(default: str, *choices: str) -> Any:
+def one_of(default: str | None, *choices: str) -> Any:
     """A dataclass field whose value must be one of ``choices`` (checked at composition)."""
     return field(default=default, metadata={"choices": choices})
 
@@ -91,11 +91,12 @@ class AdapterConf:
     """Options passed to :func:`prunekit.attach` (only those that differ from the defaults).
 
     ``tokenizer``: hand the processor's tokenizer to the adapter (text-conditioned
-    pruners read the prompt's nouns with it).
+    pruners read the prompt's nouns with it). ``positions``: ``null`` is the adapter's own
+    default (``contiguous``; ``original`` for the Qwen-VL families).
     """
 
     tokenizer: bool = True
-    positions: str = one_of("contiguous", "contiguous", "original")
+    positions: Optional[str] = one_of(None, "contiguous", "original")  # noqa: UP045
     #: prune inside the language model after this many decoder layers (``model.llm_layers``)
     llm_layer: Optional[int] = bounded(None, ge=1)  # noqa: UP045 - OmegaConf reads typing.Optional
     before_projector: bool = False

@@ -247,7 +247,27 @@ def load(
 
 # -- tiny checkpoints in the real formats (for tests of model=hf and the lmms-eval plugin) --
 #: the VLM families :func:`save_tiny_checkpoint` writes
-CHECKPOINT_FAMILIES = ("llava", "llava_next", "internvl")
+CHECKPOINT_FAMILIES = (
+    "llava",
+    "llava_next",
+    "internvl",
+    "qwen2_5_vl",
+    "qwen3_vl",
+    "llava_onevision",
+)
+#: the families whose checkpoints use the Qwen2 tokenizer's conventions (no BOS, ``<|im_end|>``
+#: ends a turn, ``<|endoftext|>`` pads) and the extra tokens below
+_QWEN_TOKENIZER = ("qwen2_5_vl", "qwen3_vl", "llava_onevision")
+#: special tokens of the Qwen-style tokenizers, after :data:`CHECKPOINT_SPECIALS` and the words
+#: (so that the other families' ids do not change)
+QWEN_SPECIALS = (
+    "<|endoftext|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+_QWEN_WORDS = ("you", "helpful", "seconds")
 #: special tokens of the tiny checkpoints' tokenizer (one vocabulary for every family)
 CHECKPOINT_SPECIALS = (
     PAD,
@@ -292,41 +312,216 @@ CHAT_TEMPLATES = {
         "{{ item['text'] }}{% endfor %}{{ '<|im_end|>\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
     ),
+    # Qwen2.5-VL-Instruct: a default system turn; each image is <|vision_start|><|image_pad|>
+    # <|vision_end|> where the message has it (the processor expands the pad to the image's tokens)
+    "qwen2_5_vl": (
+        "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' }}{% if message['content'] is string %}"
+        "{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+        "{% if item['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+        "{% elif item['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    # Qwen3-VL-Instruct: the same turns, no default system turn
+    "qwen3_vl": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for item in message['content'] %}"
+        "{% if item['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+        "{% elif item['type'] == 'video' %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "{{ '<|im_end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    # llava-onevision-qwen2-*-hf: images, then videos, then the text of each turn
+    "llava_onevision": (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + ' ' }}"
+        "{% for item in message['content'] if item['type'] == 'image' %}{{ '<image>\n' }}"
+        "{% endfor %}{% for item in message['content'] if item['type'] == 'video' %}"
+        "{{ '<video>\n' }}{% endfor %}"
+        "{% for item in message['content'] if item['type'] == 'text' %}{{ item['text'] }}"
+        "{% endfor %}{{ '<|im_end|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
 }
 _CKPT_IMAGE, _CKPT_PATCH, _CKPT_WIDTH = 32, 8, 32
 
 
-def checkpoint_tokenizer(*, add_bos: bool = True) -> transformers.PreTrainedTokenizerFast:
+def checkpoint_tokenizer(
+    *, add_bos: bool = True, family: str | None = None
+) -> transformers.PreTrainedTokenizerFast:
     """A word-level ``tokenizers`` tokenizer (lower case; unknown words -> ``<unk>``) with the
-    special tokens of every family's processor, as a ``PreTrainedTokenizerFast``."""
+    special tokens of every family's processor, as a ``PreTrainedTokenizerFast``.
+
+    For the Qwen-based families (``qwen2_5_vl``, ``qwen3_vl``, ``llava_onevision``) it follows
+    the Qwen2 tokenizer: no BOS, ``<|im_end|>`` is the end of a turn (EOS) and
+    ``<|endoftext|>`` pads; :data:`QWEN_SPECIALS` come after the shared vocabulary and its
+    image token is the family's (``<|image_pad|>`` for Qwen-VL, ``<image>`` for OneVision).
+    """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
+    qwen = family in _QWEN_TOKENIZER
+    specials = (*CHECKPOINT_SPECIALS, *QWEN_SPECIALS) if qwen else CHECKPOINT_SPECIALS
     vocab: dict[str, int] = {}
     for token in (*CHECKPOINT_SPECIALS, *_CHECKPOINT_WORDS):
         vocab.setdefault(token, len(vocab))
+    if qwen:
+        for token in (*QWEN_SPECIALS, *_QWEN_WORDS):
+            vocab.setdefault(token, len(vocab))
     raw = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     raw.normalizer = normalizers.Lowercase()
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.add_special_tokens(list(CHECKPOINT_SPECIALS))
-    if add_bos:  # Llama-style: <s> first
+    raw.add_special_tokens(list(specials))
+    if add_bos and not qwen:  # Llama-style: <s> first
         raw.post_processor = processors.TemplateProcessing(
             single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
         )
+    extra = {
+        "image_token": IMAGE,
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    tokens = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+    if qwen:
+        tokens = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+        extra = {"image_token": IMAGE, "video_token": "<video>"}
+        if family != "llava_onevision":
+            extra = {
+                "image_token": "<|image_pad|>",
+                "video_token": "<|video_pad|>",
+                "vision_start_token": "<|vision_start|>",
+                "vision_end_token": "<|vision_end|>",
+            }
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=raw,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
         unk_token=UNK,
         padding_side="left",
-        extra_special_tokens={
-            "image_token": IMAGE,
-            "start_image_token": "<img>",
-            "end_image_token": "</img>",
-            "context_image_token": "<IMG_CONTEXT>",
-            "video_token": "<video>",
-        },
+        extra_special_tokens=extra,
+        **tokens,
     )
+
+
+#: Qwen-VL checkpoints: 4 px patches, 2 x 2 merged (a merged token is 8 x 8 px); images are
+#: resized to whole merged tokens with at least 16 x 16 and at most 64 x 64 pixels
+_QWEN_PATCH, _QWEN_MIN_PIXELS, _QWEN_MAX_PIXELS = 4, 16 * 16, 64 * 64
+
+
+def _qwen_vl_parts(
+    family: str, tokenizer: Any, text_kwargs: dict[str, Any], initializer_range: float
+) -> tuple[Any, Any]:
+    """``(config, processor)`` of a tiny Qwen2.5-VL or Qwen3-VL (32 x 32 px image: 16 tokens)."""
+    ids = tokenizer.convert_tokens_to_ids
+    vision = dict(
+        depth=2,
+        hidden_size=_CKPT_WIDTH,
+        intermediate_size=2 * _CKPT_WIDTH,
+        num_heads=4,
+        patch_size=_QWEN_PATCH,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=_CKPT_WIDTH,
+        initializer_range=initializer_range,
+    )
+    text = {
+        **text_kwargs,
+        "num_attention_heads": 2,  # head_dim 16: 8 rotary frequencies over (t, h, w)
+        "num_key_value_heads": 1,
+        "eos_token_id": ids("<|im_end|>"),
+        "pad_token_id": ids("<|endoftext|>"),
+        "bos_token_id": None,
+    }
+    special = dict(
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    size = {"shortest_edge": _QWEN_MIN_PIXELS, "longest_edge": _QWEN_MAX_PIXELS}
+    patches = dict(patch_size=_QWEN_PATCH, temporal_patch_size=2, merge_size=2)
+    if family == "qwen2_5_vl":
+        # one windowed and one full-attention block (windows of 2 x 2 merged tokens)
+        vision.update(window_size=16, fullatt_block_indexes=[1])
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [2, 3, 3],
+        }
+        config = transformers.Qwen2_5_VLConfig(vision_config=vision, text_config=text, **special)
+        image_processor = transformers.Qwen2VLImageProcessor(size=size, **patches)
+        video_processor = transformers.Qwen2VLVideoProcessor(size=size, **patches)
+        processor_class = transformers.Qwen2_5_VLProcessor
+    else:
+        # DeepStack: both vision blocks feed the first two decoder layers, as blocks 8, 16,
+        # 24 feed layers 0-2 of the public checkpoints
+        vision.update(num_position_embeddings=16, deepstack_visual_indexes=[0, 1])
+        text["head_dim"] = _CKPT_WIDTH // 2
+        text["rope_parameters"] = {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [4, 2, 2],
+            "mrope_interleaved": True,
+        }
+        config = transformers.Qwen3VLConfig(vision_config=vision, text_config=text, **special)
+        half = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}  # Qwen3-VL's normalisation
+        image_processor = transformers.Qwen2VLImageProcessor(size=size, **patches, **half)
+        video_processor = transformers.Qwen3VLVideoProcessor(size=size, **patches, **half)
+        processor_class = transformers.Qwen3VLProcessor
+    processor = processor_class(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=video_processor,
+        chat_template=CHAT_TEMPLATES[family],
+    )
+    return config, processor
+
+
+def _onevision_parts(
+    tokenizer: Any,
+    text_kwargs: dict[str, Any],
+    vision_kwargs: dict[str, Any],
+    initializer_range: float,
+) -> tuple[Any, Any]:
+    """``(config, processor)`` of a tiny LLaVA-OneVision: SigLIP tower (32 px, 8 px patches: 16
+    tokens per view, no CLS), Qwen2 LLM, any-resolution crops up to 64 x 64 px."""
+    ids = tokenizer.convert_tokens_to_ids
+    text = {
+        **text_kwargs,
+        "eos_token_id": ids("<|im_end|>"),
+        "pad_token_id": ids("<|endoftext|>"),
+        "bos_token_id": None,
+    }
+    pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
+    config = transformers.LlavaOnevisionConfig(
+        vision_config=transformers.SiglipVisionConfig(**vision_kwargs),
+        text_config=transformers.Qwen2Config(**text),
+        image_token_id=ids(IMAGE),
+        video_token_id=ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_9",
+        initializer_range=initializer_range,
+    )
+    size = {"height": _CKPT_IMAGE, "width": _CKPT_IMAGE}
+    processor = transformers.LlavaOnevisionProcessor(
+        image_processor=transformers.LlavaOnevisionImageProcessor(
+            size=size, image_grid_pinpoints=pinpoints
+        ),
+        tokenizer=tokenizer,
+        video_processor=transformers.LlavaOnevisionVideoProcessor(size=size),
+        num_image_tokens=(_CKPT_IMAGE // _CKPT_PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATES["llava_onevision"],
+        image_token=IMAGE,
+        video_token="<video>",
+        vision_aspect_ratio="anyres_max_9",
+    )
+    return config, processor
 
 
 def _checkpoint_parts(family: str, tokenizer: Any, initializer_range: float) -> tuple[Any, Any]:
@@ -354,6 +549,10 @@ def _checkpoint_parts(family: str, tokenizer: Any, initializer_range: float) -> 
         patch_size=_CKPT_PATCH,
         initializer_range=initializer_range,
     )
+    if family in ("qwen2_5_vl", "qwen3_vl"):
+        return _qwen_vl_parts(family, tokenizer, text_kwargs, initializer_range)
+    if family == "llava_onevision":
+        return _onevision_parts(tokenizer, text_kwargs, vision_kwargs, initializer_range)
     template = CHAT_TEMPLATES[family]
     if family == "internvl":
         config = transformers.InternVLConfig(
@@ -413,22 +612,26 @@ def _checkpoint_parts(family: str, tokenizer: Any, initializer_range: float) -> 
 def save_tiny_checkpoint(
     family: str, directory: str | Path, *, seed: int = 0, initializer_range: float = 0.1
 ) -> Path:
-    """Write a tiny random checkpoint of ``family`` (``llava``, ``llava_next``, ``internvl``)
+    """Write a tiny random checkpoint of ``family`` (one of :data:`CHECKPOINT_FAMILIES`)
     into ``directory`` and return its path.
 
     The folder is what ``save_pretrained`` writes for a real checkpoint: the model
     (config, safetensors weights, generation config) and its processor (the family's
-    real processor class, image processor, a word-level tokenizer with the special
-    tokens the processor needs, and a chat template in the style of the family's public
-    checkpoints), so ``prunekit.models.load_hf(directory)`` and
+    real processor class, image and video processors, a word-level tokenizer with the
+    special tokens the processor needs, and a chat template in the style of the family's
+    public checkpoints), so ``prunekit.models.load_hf(directory)`` and
     ``AutoProcessor.from_pretrained(directory)`` load it offline. Images are 32 px of
-    8 px patches (16 visual tokens per LLaVA image; 4 per InternVL tile); the language
-    model has 2 layers. Random weights: a pipeline check, never a measurement.
+    8 px patches (16 visual tokens per LLaVA image or OneVision view; 4 per InternVL
+    tile); Qwen-VL images keep their size between 16 x 16 and 64 x 64 px in 8 px merged
+    tokens (4 px patches merged 2 x 2: 16 tokens for 32 x 32 px; Qwen3-VL with DeepStack
+    from both vision blocks). The language model has 2 layers of width 32. Random
+    weights: a pipeline check, never a measurement.
     """
     if family not in CHECKPOINT_FAMILIES:
         raise ValueError(f"family must be one of {list(CHECKPOINT_FAMILIES)}, got {family!r}")
     directory = Path(directory)
-    tokenizer = checkpoint_tokenizer(add_bos=family != "internvl")  # Qwen2 adds no BOS
+    # Qwen2 tokenizers (InternVL3's LLM, Qwen-VL, OneVision) add no BOS
+    tokenizer = checkpoint_tokenizer(add_bos=family != "internvl", family=family)
     config, processor = _checkpoint_parts(family, tokenizer, initializer_range)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -35,6 +35,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwen_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL checkpoint folder (dynamic resolution, 3-D positions)."""
+    from lmms_helpers import save_checkpoint
+
+    return save_checkpoint(
+        tmp_path_factory.mktemp("qwen_checkpoint"), "qwen2_5_vl", initializer_range=0.2
+    )
+
+
+@pytest.fixture(scope="session")
 def local_task(tmp_path_factory: pytest.TempPathFactory):
     """A local generate-until task (YAML, utils.py, JSON lines, PNG images) in a temporary folder."""
     from lmms_helpers import write_task

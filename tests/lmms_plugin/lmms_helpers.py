@@ -46,11 +46,11 @@ class LocalTask:
     docs: list[dict]
 
 
-def save_checkpoint(directory: Path) -> Path:
-    """The tiny LLaVA checkpoint of ``prunekit.models.tiny``."""
+def save_checkpoint(directory: Path, family: str = "llava", **options) -> Path:
+    """A tiny checkpoint of ``prunekit.models.tiny`` (LLaVA unless ``family`` says otherwise)."""
     from prunekit.models.tiny import save_tiny_checkpoint
 
-    return save_tiny_checkpoint("llava", directory)
+    return save_tiny_checkpoint(family, directory, **options)
 
 
 def _image(i: int, size: int = 40) -> Image.Image:

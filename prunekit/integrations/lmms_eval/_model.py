@@ -24,6 +24,8 @@ from prunekit.integrations.lmms_eval import _NO_PRUNER, split_model_args
 DEFAULT_MAX_NEW_TOKENS = 1024
 #: generation keyword arguments of lmms-eval tasks that ``model.generate`` takes as they are
 _GENERATE_KEYS = ("num_beams", "top_p", "top_k", "repetition_penalty")
+#: per-token inputs of some processors (Qwen-VL: 0 text, 1 image) that follow ``input_ids``
+_TOKEN_TYPE_KEYS = ("mm_token_type_ids", "token_type_ids")
 
 
 def _auto_device() -> str:
@@ -260,6 +262,9 @@ class PrunekitLMM(lmms):
             inputs["attention_mask"] = torch.cat(
                 [inputs["attention_mask"], torch.ones_like(cont_ids)], dim=1
             )
+            for key in _TOKEN_TYPE_KEYS:  # the continuation is text (Qwen-VL's 3-D positions)
+                if inputs.get(key) is not None:
+                    inputs[key] = torch.cat([inputs[key], torch.zeros_like(cont_ids)], dim=1)
             with self._pruning() as handle, torch.no_grad():
                 logits = self._model(**inputs).logits
             self._record(handle)
