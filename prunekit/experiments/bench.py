@@ -22,6 +22,12 @@ Decoding is greedy. With ``bench.closed_answers=true`` it is restricted to the
 data set's answers (each answer's token sequence, as the tokenizer encodes it
 alone, then end-of-sequence): closed-vocabulary VQA, as multiple-choice
 benchmarks score it.
+
+Where the data set has a closed answer set (``bench.distribution=true``, with
+loyalty), every question also gets the model's distribution over those answers
+(:func:`answer_logprobs`, teacher-forced), and the records the continuous, paired
+metrics against the unpruned model: ``kl`` (KL(unpruned || pruned), nats) and
+``logprob_reference`` (the pruned model's log-probability of the unpruned answer).
 """
 
 from __future__ import annotations
@@ -291,6 +297,114 @@ def generate_answers(
     return out
 
 
+class ForcedTokens:
+    """A logits processor that makes greedy decoding follow one token path per row.
+
+    Row ``r`` emits ``paths[r][s]`` at step ``s`` (then token 0, whose scores are never
+    read). The incoming scores are ignored, so no earlier processor can divert a path;
+    the model's own scores are read from ``generate``'s raw ``logits``.
+    """
+
+    def __init__(self, paths: Sequence[Sequence[int]]) -> None:
+        self.paths = [list(p) for p in paths]
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.start is None:  # the first call sees the (pruned) prompt only
+            self.start = input_ids.shape[1]
+        step = input_ids.shape[1] - self.start
+        tokens = [p[step] if step < len(p) else 0 for p in self.paths]
+        forced = torch.full_like(scores, -math.inf)
+        forced[torch.arange(len(tokens)), torch.tensor(tokens, device=scores.device)] = 0.0
+        return forced
+
+
+def answer_logprobs(
+    model: Any,
+    processor: Any,
+    samples: Sequence[Sample],
+    answers: Sequence[str],
+    *,
+    prompt: str | None,
+    batch_size: int = 8,
+    context: Callable[[], Any] | None = None,
+    progress: bool = False,
+    desc: str = "answer distributions",
+) -> torch.Tensor:
+    """Each sample's log-probabilities of the closed ``answers``, normalised over them.
+
+    An answer's score is teacher-forced: the sum of its tokens' log-probabilities after
+    the prompt (the tokens as :func:`answer_trie` encodes it, no end-of-sequence), then
+    a log-softmax over the answers. Scores come from ``generate`` under ``context()``
+    (e.g. ``prunekit.attach``), so that pruning, positions and the KV cache are those of
+    :func:`generate_answers`: one row per sample when every answer is one token (the
+    prompt's last scores), else one row per multi-token answer, forced along it by
+    :class:`ForcedTokens` (single-token answers and first tokens read the sample's first
+    row). Returns a ``(len(samples), len(answers))`` float64 tensor on the CPU.
+    """
+    import contextlib
+
+    from tqdm.auto import tqdm
+    from transformers import LogitsProcessorList
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not answers:
+        raise ValueError("answers must name the closed answer set (got none)")
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokens = [list(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
+    empty = [a for a, t in zip(answers, tokens) if not t]
+    if empty:
+        raise ValueError(f"answers {empty!r} encode to no tokens")
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    long_answers = [j for j, t in enumerate(tokens) if len(t) > 1]
+    paths = [tokens[j] for j in long_answers] or [[]]
+    rows = [(i, k) for i in range(len(samples)) for k in range(len(paths))]
+    # per row: the raw log-softmax of each step it needs (step 0: the prompt's last scores)
+    steps: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def scope() -> Any:
+        return context() if context else contextlib.nullcontext()
+
+    bar = tqdm(total=len(rows), desc=desc, disable=not progress, leave=False, unit="row")
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            inputs = processor(
+                images=[samples[i].get_image() for i, _ in batch],
+                text=[prompt_text(prompt, samples[i].query, processor) for i, _ in batch],
+                return_tensors="pt",
+                padding=True,
+            )
+            inputs = _to_model(dict(inputs), device, dtype)
+            forced = [paths[k] for _, k in batch]
+            with scope(), torch.no_grad():
+                output = model.generate(
+                    **inputs,
+                    max_new_tokens=max(1, *(len(p) for p in forced)),
+                    do_sample=False,
+                    return_dict_in_generate=True,
+                    output_logits=True,
+                    logits_processor=LogitsProcessorList([ForcedTokens(forced)]),
+                )
+            logprobs = [torch.log_softmax(x.double().cpu(), dim=-1) for x in output.logits]
+            for r, row in enumerate(batch):
+                steps[row] = [step[r] for step in logprobs[: max(1, len(paths[row[1]]))]]
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    path_of = {j: k for k, j in enumerate(long_answers)}
+    out = torch.empty(len(samples), len(answers), dtype=torch.float64)
+    for i in range(len(samples)):
+        for j, answer_tokens in enumerate(tokens):
+            total = steps[i, 0][0][answer_tokens[0]]
+            for s in range(1, len(answer_tokens)):
+                total = total + steps[i, path_of[j]][s][answer_tokens[s]]
+            out[i, j] = total
+    return torch.log_softmax(out, dim=-1)
+
+
 def _kept_tokens(results: Sequence[Any], placeholders: torch.Tensor) -> tuple[list[int], list[int]]:
     """``(kept, tokens in)`` of a batch's pruning results, per result row (image).
 
@@ -409,15 +523,54 @@ def question_score(
     )
 
 
-def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float]:
-    """The normal-approximation 95 % interval of a mean of scores in [0, 1] (clipped to [0, 1])."""
+def normal_interval(values: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float]:
+    """The normal-approximation 95 % interval of the mean of ``values``."""
     n = len(values)
     if n == 0:
         return (math.nan, math.nan)
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
     half = z * math.sqrt(var / n)
-    return (max(0.0, mean - half), min(1.0, mean + half))
+    return (mean - half, mean + half)
+
+
+def mean_interval(values: Sequence[float], z: float = 1.959963984540054) -> tuple[float, float]:
+    """The normal-approximation 95 % interval of a mean of scores in [0, 1] (clipped to [0, 1])."""
+    low, high = normal_interval(values, z)
+    if math.isnan(low):
+        return (low, high)
+    return (max(0.0, low), min(1.0, high))
+
+
+def distribution_fields(
+    distribution: torch.Tensor,
+    reference_distribution: torch.Tensor,
+    reference: Sequence[str],
+    answers: Sequence[str],
+) -> list[dict[str, float | None]]:
+    """Per question: ``kl``, KL(unpruned || pruned) over the closed answer set (nats), and
+    ``logprob_reference``, the pruned model's normalised log-probability of the unpruned
+    model's answer (``None`` where that answer is not one of ``answers``: free decoding)."""
+    from prunekit.stats import kl_divergence
+
+    if distribution.shape != reference_distribution.shape:
+        raise ValueError(
+            f"the pruned and unpruned answer distributions differ in shape: "
+            f"{tuple(distribution.shape)} vs {tuple(reference_distribution.shape)}"
+        )
+    if distribution.shape != (len(reference), len(answers)):
+        raise ValueError(
+            f"the answer distributions must have one row per question and one column per "
+            f"answer ({len(reference)} x {len(answers)}), got {tuple(distribution.shape)}"
+        )
+    kl = kl_divergence(reference_distribution, distribution)
+    index = {normalize_answer(a): j for j, a in enumerate(answers)}
+    fields = []
+    for i, text in enumerate(reference):
+        j = index.get(normalize_answer(text))
+        logprob = None if j is None else float(distribution[i, j])
+        fields.append({"kl": float(kl[i]), "logprob_reference": logprob})
+    return fields
 
 
 def score(
@@ -427,6 +580,9 @@ def score(
     *,
     family: str = "exact",
     normalize_answers: bool = False,
+    distribution: torch.Tensor | None = None,
+    reference_distribution: torch.Tensor | None = None,
+    answers: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The metrics and the per-sample records of one generation pass.
 
@@ -435,9 +591,21 @@ def score(
     normal-approximation one for VQA accuracy's fractional scores. ``pope`` adds
     ``metrics["pope"]`` (:func:`prunekit.metrics.pope_scores`). With ``reference`` (the
     unpruned answers): ``loyalty``, the fraction of questions whose :func:`scored_answer`
-    equals the unpruned one, and ``unpruned_accuracy`` (``unpruned_pope``).
+    equals the unpruned one, and ``unpruned_accuracy`` (``unpruned_pope``). With the
+    pruned and unpruned ``distribution`` over the closed ``answers`` too
+    (:func:`answer_logprobs`): per question ``kl`` and ``logprob_reference``
+    (:func:`distribution_fields`), and their means with normal-approximation 95 % intervals.
     """
     n = len(samples)
+    fields: list[dict[str, float | None]] | None = None
+    if distribution is not None or reference_distribution is not None:
+        if distribution is None or reference_distribution is None or reference is None:
+            raise ValueError(
+                "distribution needs reference_distribution and reference (the unpruned answers)"
+            )
+        if not answers:
+            raise ValueError("distribution needs the closed answers its columns score")
+        fields = distribution_fields(distribution, reference_distribution, reference, answers)
     rows = []
     scores: list[float] = []
     loyal = 0
@@ -466,6 +634,8 @@ def score(
             unpruned_scores.append(
                 question_score(family, reference[i], sample, normalize_answers=normalize_answers)
             )
+        if fields is not None:
+            row.update(fields[i])
         if i < len(generation.kept):
             row["kept"] = generation.kept[i]
         rows.append(row)
@@ -490,6 +660,14 @@ def score(
         metrics["loyalty_ci95"] = list(wilson_interval(loyal, n))
         # the all-tokens reference of the summary plot: the unpruned model's own accuracy
         metrics["unpruned_accuracy"] = sum(unpruned_scores) / n if n else math.nan
+    if fields is not None:
+        kl = [f["kl"] for f in fields]
+        logprobs = [f["logprob_reference"] for f in fields if f["logprob_reference"] is not None]
+        metrics["kl"] = sum(kl) / n if n else math.nan
+        metrics["kl_ci95"] = list(normal_interval(kl))
+        metrics["logprob_reference"] = sum(logprobs) / len(logprobs) if logprobs else math.nan
+        metrics["logprob_reference_ci95"] = list(normal_interval(logprobs))
+        metrics["logprob_reference_n"] = len(logprobs)
     if generation.kept:
         metrics["tokens_kept"] = sum(generation.kept) / len(generation.kept)
         metrics["tokens_in"] = sum(generation.tokens_in) / len(generation.tokens_in)

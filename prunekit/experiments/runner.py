@@ -15,7 +15,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from prunekit.experiments.bench import efficiency, generate_answers, prompt_text, score
+from prunekit.experiments.bench import (
+    answer_logprobs,
+    efficiency,
+    generate_answers,
+    prompt_text,
+    score,
+)
 from prunekit.experiments.config import (
     attach_options,
     build_model,
@@ -232,6 +238,70 @@ def _reference_answers(
     return generation.answers
 
 
+#: the file name of the unpruned answer distributions in a sweep's cache folder
+DISTRIBUTION_FILE = "distribution-{digest}.json"
+
+
+def measures_distribution(cfg: DictConfig, data: Any) -> bool:
+    """Whether runs record the answer distributions: ``bench.distribution`` and
+    ``bench.loyalty`` on, and a data set with a closed answer set."""
+    return bool(cfg.bench.distribution and cfg.bench.loyalty and data.answers)
+
+
+def distribution_key(cfg: DictConfig, data: Any) -> dict[str, Any]:
+    """What the unpruned answer distributions depend on: :func:`reference_key`'s model,
+    data, seed and device, the batch size, and the closed answers (the columns)."""
+    key = reference_key(cfg, data)
+    key["bench"] = {"batch_size": cfg.bench.batch_size}
+    key["answers"] = list(data.answers)
+    return key
+
+
+def _reference_distribution(
+    cfg: DictConfig, model: Any, processor: Any, data: Any, cache_dir: Path | None
+) -> torch.Tensor:
+    """The unpruned model's log-probabilities of the closed answers, one row per question.
+
+    Cached as :func:`_reference_answers` caches the answers: ``distribution-<digest>.json``
+    beside them in the sweep's ``.cache`` folder (JSON floats read back bit for bit), under
+    a file lock, so every pruned run of a sweep reuses one unpruned pass.
+    """
+    key_config = distribution_key(cfg, data)
+    if cache_dir is None:
+        return _unpruned_distribution(cfg, model, processor, data)
+    from filelock import FileLock
+
+    digest = hashlib.sha1(json.dumps(key_config, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / DISTRIBUTION_FILE.format(digest=digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            try:
+                cached = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                cached = {}
+            logprobs = cached.get("logprobs", [])
+            if cached.get("config") == key_config and len(logprobs) == len(data):
+                return torch.tensor(logprobs, dtype=torch.float64)
+        distribution = _unpruned_distribution(cfg, model, processor, data)
+        write_json(path, {"config": key_config, "logprobs": distribution.tolist()})
+    return distribution
+
+
+def _unpruned_distribution(cfg: DictConfig, model: Any, processor: Any, data: Any) -> torch.Tensor:
+    seed_everything(cfg.seed)
+    return answer_logprobs(
+        model,
+        processor,
+        data.samples,
+        data.answers,
+        prompt=cfg.model.prompt,
+        batch_size=cfg.bench.batch_size,
+        progress=cfg.bench.progress,
+        desc="unpruned answer distributions",
+    )
+
+
 def _unpruned_generation(cfg: DictConfig, model: Any, processor: Any, data: Any) -> Any:
     seed_everything(cfg.seed)
     return generate_answers(
@@ -262,7 +332,9 @@ def run_dataset(
     read, its score) and ``result.json`` (config, seed, versions, git commit, device,
     metrics with the prefill / decoding times, and ``efficiency``: the FLOPs and
     KV-cache savings of :mod:`prunekit.accounting`). The unpruned reference answers
-    (``bench.loyalty``) come from the sweep's cache (:func:`_reference_answers`).
+    (``bench.loyalty``) come from the sweep's cache (:func:`_reference_answers`), and so
+    do the unpruned answer distributions (:func:`_reference_distribution`) where the runs
+    record ``kl`` and ``logprob_reference`` (:func:`measures_distribution`).
     """
     import prunekit
 
@@ -293,6 +365,21 @@ def run_dataset(
         progress=cfg.bench.progress,
         desc=name or run_dir.name,
     )
+    distribution = reference_distribution = None
+    if measures_distribution(cfg, data):
+        reference_distribution = _reference_distribution(cfg, model, processor, data, cache_dir)
+        seed_everything(cfg.seed)
+        distribution = answer_logprobs(
+            model,
+            processor,
+            data.samples,
+            data.answers,
+            prompt=cfg.model.prompt,
+            batch_size=cfg.bench.batch_size,
+            context=lambda: prunekit.attach(model, pruner, budget=cfg.budget, **options),
+            progress=cfg.bench.progress,
+            desc=f"{name or run_dir.name} (answer distributions)",
+        )
     family = getattr(data, "family", "exact")
     metrics, rows = score(
         data.samples,
@@ -300,6 +387,9 @@ def run_dataset(
         reference,
         family=family,
         normalize_answers=getattr(data, "normalize_answers", False),
+        distribution=distribution,
+        reference_distribution=reference_distribution,
+        answers=data.answers,
     )
     accounting = efficiency(
         getattr(model, "config", None),

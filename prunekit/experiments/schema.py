@@ -113,6 +113,9 @@ class BenchConf:
     closed_answers: bool = True
     #: also run the unpruned model and report agreement with its answers
     loyalty: bool = True
+    #: with loyalty, on data sets with a closed answer set: per question the KL divergence
+    #: from the unpruned answer distribution and the log-probability of the unpruned answer
+    distribution: bool = True
     #: show a tqdm progress bar over the samples
     progress: bool = True
 
