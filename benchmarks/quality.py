@@ -22,9 +22,17 @@ the finished runs (an interrupted benchmark resumes). The report combines them:
   projected tokens, plain cosine and centred on the LLM's mean embedding row, for
   object tokens vs background and for the asked-about object vs the other objects.
 
-Outputs in ``--out``: ``quality.md`` (tables, sample counts, 95 % Wilson intervals),
-``quality.csv`` (one row per run) and ``quality.png`` (accuracy and loyalty against
-tokens kept).
+Every configuration is also compared with a reference configuration (``--reference``,
+default ResPrune) at the same budget on the same questions, question by question
+(:func:`prunekit.experiments.summary.paired_table`, the comparison of ``prunekit
+ablate``'s summary): the mean per-question difference of accuracy, loyalty, KL divergence
+from the unpruned answer distribution and log-probability of the unpruned answer, with a
+paired bootstrap 95 % interval and McNemar's test for accuracy.
+
+Outputs in ``--out``: ``quality.md`` (tables, sample counts, 95 % Wilson intervals, the
+paired differences against the reference), ``quality.csv`` (one row per run),
+``quality_paired.md`` / ``quality_paired.csv`` (every paired difference) and
+``quality.png`` (accuracy and loyalty against tokens kept).
 
 Examples::
 
@@ -290,6 +298,81 @@ def plot(rows: list[dict[str, Any]], datasets: list[str], labels: list[str], pat
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- paired differences
+
+
+def paired_comparisons(rows: list[dict[str, Any]], datasets: list[str], reference: str) -> Any:
+    """Every pruned run against ``reference`` at its budget, per data set, question by question
+    (:func:`prunekit.experiments.summary.paired_table`); ``None`` without a ``reference`` run."""
+    from prunekit.experiments.summary import PairedTable, paired_table
+
+    pruned = [r for r in rows if r["group"] != "full"]
+    if not any(r["label"] == reference for r in pruned):
+        print(f"no {reference!r} run: no paired differences", file=sys.stderr)
+        return None
+    out = PairedTable(rows=[], refused=[])
+    for d in datasets:
+        runs = [r for r in pruned if r["dataset"] == d]
+        if not any(r["label"] == reference for r in runs):
+            continue
+        table = paired_table(
+            [r["result"] for r in runs],
+            [r["records"] for r in runs],
+            labels=[r["label"] for r in runs],
+            baseline=reference,
+        )
+        for row in table.rows:
+            row["data"] = d
+        out.rows += table.rows
+        out.refused += [f"{d}: {reason}" for reason in table.refused]
+    return out
+
+
+def _difference(row: dict[str, Any]) -> str:
+    cell = f"{row['A - B']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]"
+    if row["McNemar p"] is not None:
+        cell += f" p={row['McNemar p']:.2g}"
+    return f"**{cell}**" if row["verdict"] != "level" else cell
+
+
+def paired_section(
+    paired: Any, dataset: str, reference: str, labels: list[str], budgets: list[float]
+) -> list[str]:
+    """Per metric, a table of configuration x budget: the paired difference to ``reference``."""
+    rows = [r for r in paired.rows if r["data"] == dataset]
+    if not rows:
+        return []
+    budgets = sorted({b for b in budgets if any(float(r["budget"]) == b for r in rows)})
+    lines = [
+        f"## {dataset}: paired differences against {reference}",
+        "",
+        f"Each cell: the configuration minus {reference} at the same budget, the mean per-question "
+        "difference on the same questions with its paired bootstrap 95 % interval (and McNemar's "
+        'exact p for right / wrong scores); **bold** where the interval excludes zero, the only place where "A '
+        f'beats B" is claimed. Lower KL is better, higher is better for the others. Every '
+        "difference, with the discordant counts, is in `quality_paired.md` / `quality_paired.csv`.",
+        "",
+    ]
+    for metric in ("accuracy", "KL", "logprob_reference", "loyalty"):
+        of_metric = [r for r in rows if r["metric"] == metric]
+        if not of_metric:
+            continue
+        header = [f"{metric}: configuration"] + [f"{100 * b:.2f} %" for b in budgets]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name in labels:
+            cells = []
+            for b in budgets:
+                hit = [r for r in of_metric if r["A"] == name and float(r["budget"]) == b]
+                cells.append(_difference(hit[0]) if hit else "")
+            if any(cells):
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    refused = [r for r in paired.refused if r.startswith(f"{dataset}: ")]
+    if refused:
+        lines += ["Not compared:", *(f"- {r}" for r in refused), ""]
+    return lines
+
+
 # --------------------------------------------------------------------------- relevance AUC
 
 
@@ -410,6 +493,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--llm-layer", type=int, default=2, help="FastV / DART: prune after this LLM layer"
     )
+    parser.add_argument(
+        "--reference",
+        default="resprune",
+        help="configuration every other one is compared with, per question, at each budget",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--progress", action="store_true", help="tqdm bars per run")
     parser.add_argument(
@@ -421,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import prunekit
+    from prunekit.experiments.summary import read_records
     from prunekit.experiments.sweep import ablate
 
     if args.threads:
@@ -462,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                         "metrics": result["metrics"],
                         "name": result["name"],
                         "seconds": result["seconds"],
+                        "result": result,
+                        "records": read_records(ablation.sweep_dir / result["name"]),
                     }
                 )
             print(
@@ -481,6 +572,8 @@ def write_report(
     aucs: dict[str, dict[str, float]] | None,
     seconds: float,
 ) -> None:
+    from prunekit.experiments.summary import paired_markdown, write_paired_csv
+
     args.out.mkdir(parents=True, exist_ok=True)
     budgets = sorted(args.budgets)
     main_labels = sorted(
@@ -548,6 +641,16 @@ def write_report(
                 f"| {kind} cosine | {values['object vs background']:.3f} | {values['named vs other objects']:.3f} |"
             )
         lines.append("")
+    paired = paired_comparisons(rows, datasets, args.reference)
+    if paired is not None:
+        labels = main_labels + [x for x in ablation_labels if x not in main_labels]
+        labels += sorted({r["label"] for r in rows if r["label"] not in labels})
+        for d in datasets:
+            lines += paired_section(
+                paired, d, args.reference, labels, budgets + [args.alpha_budget]
+            )
+        write_paired_csv(paired, args.out / "quality_paired.csv")
+        (args.out / "quality_paired.md").write_text(paired_markdown(paired))
     lines += ["## Every run", "", long_table(rows), "", "![quality](quality.png)", ""]
     (args.out / "quality.md").write_text("\n".join(lines))
     write_csv(rows, args.out / "quality.csv")

@@ -224,7 +224,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from prunekit.experiments import ablate
 
     ablation = ablate(
-        args.overrides, out=args.out, config_dirs=args.config_dir, dry_run=args.dry_run
+        args.overrides,
+        out=args.out,
+        config_dirs=args.config_dir,
+        dry_run=args.dry_run,
+        baseline=args.baseline,
     )
     if args.dry_run:
         return 0
@@ -325,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablate.add_argument(
         "--dry-run", action="store_true", help="check every run's config and list the runs only"
+    )
+    ablate.add_argument(
+        "--baseline",
+        default=None,
+        help="the run the others are compared with, question by question, at each data set and "
+        "budget: a label or key=value pairs, e.g. 'pruner=resprune' (default: the first run)",
     )
     ablate.set_defaults(func=_cmd_ablate)
 

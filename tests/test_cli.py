@@ -368,3 +368,20 @@ def test_wilson_interval_and_closed_answers():
     assert sorted(trie.allowed([])) == [5, 6]
     assert trie.allowed([5]) == [2] and trie.allowed([6]) == [7] and trie.allowed([9]) == [2]
     assert normalize_answer("  Circle. ") == "circle"
+
+
+def test_ablate_baseline_option_pairs_every_run_with_the_named_one(ablation, capsys):
+    """A rerun of the finished sweep with --baseline writes the paired table against that run."""
+    code = main([*ABLATE, "--out", str(ablation), "--baseline", "relevance=text,selection=topk"])
+    assert code == 0
+    with (ablation / "paired.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows, "no paired comparisons written"
+    assert {row["run_b"] for row in rows} == {
+        "budget=16,data.n_samples=6,data=tiny,relevance=text,selection=topk"
+    }
+    assert len({row["run_a"] for row in rows}) == 3  # every other run of the sweep
+    assert {"accuracy", "KL"} <= {row["metric"] for row in rows}
+    capsys.readouterr()
+    assert main([*ABLATE, "--out", str(ablation), "--baseline", "relevance=nothing"]) != 0
+    assert "baseline 'relevance=nothing' matches no run" in capsys.readouterr().err

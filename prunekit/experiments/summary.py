@@ -9,6 +9,14 @@ yes-ratio, the prefill time per sample and the prefill FLOPs speed-up. The plot
 (:func:`summary_figure`) has one curve per configuration without its budget, metric
 against the visual tokens kept, with the all-tokens value as a reference line and the
 model, data and question count in its title.
+
+The paired comparison (:func:`paired_table`, written by :func:`write_summary` as
+``paired.md`` / ``paired.csv``) sets each run against a baseline run at the same budget on
+the same data, question by question (matched by id in the runs' ``predictions.jsonl``):
+the mean per-question difference of accuracy, loyalty, KL divergence from the unpruned
+answer distribution and log-probability of the unpruned answer, with a paired bootstrap
+95 % interval, McNemar's exact p where the scores are right/wrong, and a verdict that says
+"A > B" only where the interval excludes zero (:mod:`prunekit.stats`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.experiments.config import override_key
+from prunekit.stats import mcnemar, paired_bootstrap, significant
 
 #: the metric columns of a summary table, after the swept keys
 METRIC_COLUMNS = (
@@ -35,6 +44,31 @@ METRIC_COLUMNS = (
 #: columns shown when some run has them: POPE's F1 and yes-ratio, the prefill time, the
 #: prefill FLOPs speed-up of :mod:`prunekit.accounting`
 OPTIONAL_COLUMNS = ("F1", "yes ratio", "prefill ms/sample", "FLOPs speedup")
+#: a run folder's per-question records (written by :func:`prunekit.experiments.runner.run_dataset`)
+RECORDS_FILE = "predictions.jsonl"
+#: the per-question fields compared in pairs, as (name in the tables, field of the records);
+#: a metric is compared where both runs record it for every question
+PAIRED_METRICS = (
+    ("accuracy", "score"),
+    ("loyalty", "loyal"),
+    ("KL", "kl"),
+    ("logprob_reference", "logprob_reference"),
+)
+#: the columns of the paired table (markdown)
+PAIRED_COLUMNS = (
+    "data",
+    "budget",
+    "A",
+    "B",
+    "metric",
+    "n",
+    "mean A",
+    "mean B",
+    "A - B",
+    "95% CI",
+    "McNemar p",
+    "verdict",
+)
 
 
 @dataclass
@@ -46,6 +80,16 @@ class Summary:
     fixed: dict[str, str]
     markdown: str
     paths: dict[str, Path]
+    paired: PairedTable | None = None
+
+
+@dataclass
+class PairedTable:
+    """What :func:`paired_table` produced: one row per run, baseline and metric, and the
+    runs it could not compare, each with the reason."""
+
+    rows: list[dict[str, Any]]
+    refused: list[str]
 
 
 def read_results(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
@@ -162,6 +206,266 @@ def write_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]], path: Path
             values += [m.get("pope", {}).get("f1"), m.get("pope", {}).get("yes_ratio")]
             values.append(row["_result"]["name"])
             writer.writerow(["" if v is None else v for v in values])
+
+
+# --------------------------------------------------------------------------- paired comparisons
+
+
+def read_records(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The per-question records of a run folder (``predictions.jsonl``), ``None`` without them."""
+    path = Path(run_dir) / RECORDS_FILE
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _by_id(records: Sequence[dict[str, Any]], name: str) -> dict[Any, dict[str, Any]]:
+    out: dict[Any, dict[str, Any]] = {}
+    for record in records:
+        if "id" not in record:
+            raise ValueError(f"{name}: a per-question record has no 'id'; pairing matches by id")
+        if record["id"] in out:
+            raise ValueError(f"{name}: question id {record['id']!r} recorded twice")
+        out[record["id"]] = record
+    return out
+
+
+def compare_records(
+    records_a: Sequence[dict[str, Any]],
+    records_b: Sequence[dict[str, Any]],
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Run A against run B, question by question: one dict per metric of :data:`PAIRED_METRICS`
+    that both record for every question.
+
+    The questions are matched by id; runs whose ids differ are refused (``ValueError``):
+    a paired difference needs the same questions. Each dict has the means of A and B, the
+    mean difference ``A - B`` with its paired bootstrap 95 % interval
+    (:func:`prunekit.stats.paired_bootstrap`, ``seed``), McNemar's exact test where both
+    runs score 0 / 1 (:func:`prunekit.stats.mcnemar`; else ``None``) and the verdict of
+    :func:`prunekit.stats.significant` ("A > B", "A < B" or "level").
+    """
+    a, b = _by_id(records_a, names[0]), _by_id(records_b, names[1])
+    if a.keys() != b.keys():
+        only_a = [i for i in a if i not in b]
+        only_b = [i for i in b if i not in a]
+        raise ValueError(
+            f"{names[0]} and {names[1]} answered different questions ({len(only_a)} ids only in "
+            f"{names[0]}, e.g. {only_a[:3]}; {len(only_b)} only in {names[1]}, e.g. {only_b[:3]}): "
+            "a paired comparison needs the same questions, matched by id"
+        )
+    if not a:
+        raise ValueError(f"{names[0]} and {names[1]} have no per-question records")
+    ids = list(a)
+    out = []
+    for metric, field in PAIRED_METRICS:
+        if not all(a[i].get(field) is not None and b[i].get(field) is not None for i in ids):
+            continue
+        values_a = [float(a[i][field]) for i in ids]
+        values_b = [float(b[i][field]) for i in ids]
+        diff = paired_bootstrap(values_a, values_b, seed=seed)
+        binary = all(v in (0.0, 1.0) for v in values_a + values_b)
+        test = mcnemar(values_a, values_b) if binary else None
+        out.append(
+            {
+                "metric": metric,
+                "n": diff.n,
+                "mean A": diff.mean_a,
+                "mean B": diff.mean_b,
+                "A - B": diff.difference,
+                "low": diff.low,
+                "high": diff.high,
+                "a_only": test.a_only if test else None,
+                "b_only": test.b_only if test else None,
+                "McNemar p": test.p_value if test else None,
+                "verdict": significant(diff),
+            }
+        )
+    return out
+
+
+def config_labels(results: Sequence[dict[str, Any]]) -> list[str]:
+    """Each run's configuration: the swept keys other than the budget and the data set's
+    (``"relevance=text, selection=topk"``; ``"all runs"`` when nothing else varies)."""
+    per_run = [_overrides(r) for r in results]
+    keys: list[str] = []
+    for pairs in per_run:
+        keys.extend(k for k in pairs if k not in keys)
+    varying = [
+        k
+        for k in keys
+        if k != "budget"
+        and not (k == "data" or k.startswith("data."))
+        and len({p.get(k) for p in per_run}) > 1
+    ]
+    return [", ".join(f"{k}={p.get(k, '')}" for k in varying) or "all runs" for p in per_run]
+
+
+def _data_label(result: dict[str, Any]) -> str:
+    """The data set of a run: its name and its ``data.*`` overrides (the questions asked)."""
+    pairs = _overrides(result)
+    extra = [f"{k}={v}" for k, v in pairs.items() if k.startswith("data.")]
+    name = result.get("data", {}).get("name") or pairs.get("data", "?")
+    return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _is_baseline(baseline: str, label: str, result: dict[str, Any]) -> bool:
+    """``baseline`` names a run by its configuration label or by ``key=value`` pairs
+    (comma-separated) that all hold for its overrides."""
+    if baseline == label:
+        return True
+    pairs = _overrides(result)
+    wanted = [p.strip() for p in baseline.split(",") if p.strip()]
+    return bool(wanted) and all(
+        "=" in p and pairs.get(override_key(p)) == p.split("=", 1)[1] for p in wanted
+    )
+
+
+def paired_table(
+    results: Sequence[dict[str, Any]],
+    records: Sequence[Sequence[dict[str, Any]] | None],
+    *,
+    labels: Sequence[str] | None = None,
+    baseline: str | None = None,
+    seed: int = 0,
+) -> PairedTable:
+    """Every run against the baseline run at its budget on its data set, question by question.
+
+    ``records``: each run's per-question records (:func:`read_records`; ``None`` where it has
+    none). ``labels``: each run's configuration (default :func:`config_labels`).
+    ``baseline``: a label, or ``key=value`` pairs (``"pruner=resprune"``) that the baseline
+    run's overrides hold; default: the first run of each budget and data set, in the
+    order of ``results``. One row per run and metric (:func:`compare_records`); runs that
+    cannot be compared (no records, no baseline at their budget, other questions) are
+    listed in ``refused`` with the reason.
+    """
+    if len(records) != len(results):
+        raise ValueError(f"records must hold one entry per run: {len(records)} for {len(results)}")
+    labels = list(labels) if labels is not None else config_labels(results)
+    if len(labels) != len(results):
+        raise ValueError(f"labels must hold one entry per run: {len(labels)} for {len(results)}")
+    if baseline is not None and not any(
+        _is_baseline(baseline, lab, r) for lab, r in zip(labels, results)
+    ):
+        raise ValueError(
+            f"baseline {baseline!r} matches no run; the configurations are {sorted(set(labels))}"
+        )
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, result in enumerate(results):
+        groups.setdefault((_data_label(result), str(result["config"]["budget"])), []).append(i)
+    rows: list[dict[str, Any]] = []
+    refused: list[str] = []
+    for (data, budget), members in groups.items():
+        if baseline is None:
+            base = members[0]
+        else:
+            hits = [i for i in members if _is_baseline(baseline, labels[i], results[i])]
+            if not hits:
+                refused += [
+                    f"{labels[i]} (budget {budget}, {data}): no baseline run {baseline!r} there"
+                    for i in members
+                ]
+                continue
+            base = hits[0]
+        for i in members:
+            if i == base:
+                continue
+            where = f"{labels[i]} vs {labels[base]} (budget {budget}, {data})"
+            if records[i] is None or records[base] is None:
+                refused.append(f"{where}: no per-question records ({RECORDS_FILE})")
+                continue
+            try:
+                compared = compare_records(
+                    records[i], records[base], names=(labels[i], labels[base]), seed=seed
+                )
+            except ValueError as error:
+                refused.append(f"{where}: {error}")
+                continue
+            for row in compared:
+                row.update(
+                    data=data,
+                    budget=results[i]["config"]["budget"],
+                    A=labels[i],
+                    B=labels[base],
+                    run_a=results[i].get("name", ""),
+                    run_b=results[base].get("name", ""),
+                )
+                rows.append(row)
+    return PairedTable(rows=rows, refused=refused)
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3g}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def paired_markdown(paired: PairedTable) -> str:
+    """The paired table in markdown, with how to read it and the refused runs under it."""
+    lines = [
+        "Paired per question (the same questions, matched by id): A - B is the mean "
+        "per-question difference with its paired bootstrap 95 % interval; McNemar p is the "
+        "exact test of the discordant right/wrong pairs (A only / B only); the verdict says "
+        '"A > B" or "A < B" only where the interval excludes zero. Higher is better except '
+        "for KL (the divergence from the unpruned answer distribution).",
+        "",
+        "| " + " | ".join(PAIRED_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in PAIRED_COLUMNS) + "|",
+    ]
+    for r in paired.rows:
+        test = (
+            f"{_p(r['McNemar p'])} ({r['a_only']} / {r['b_only']})"
+            if r["a_only"] is not None
+            else ""
+        )
+        cells = [
+            r["data"],
+            str(r["budget"]),
+            r["A"],
+            r["B"],
+            r["metric"],
+            str(r["n"]),
+            f"{r['mean A']:.4f}",
+            f"{r['mean B']:.4f}",
+            f"{r['A - B']:+.4f}",
+            f"[{r['low']:+.4f}, {r['high']:+.4f}]",
+            test,
+            r["verdict"],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if paired.refused:
+        lines += ["", "Not compared:"] + [f"- {reason}" for reason in paired.refused]
+    return "\n".join(lines) + "\n"
+
+
+def write_paired_csv(paired: PairedTable, path: Path) -> None:
+    """The paired table with numbers only: interval bounds and discordant counts in columns."""
+    fields = ["data", "budget", "a", "b", "metric", "n", "mean_a", "mean_b", "difference",
+              "ci_low", "ci_high", "a_only", "b_only", "mcnemar_p", "verdict", "run_a", "run_b"]  # fmt: skip
+    keys = ["data", "budget", "A", "B", "metric", "n", "mean A", "mean B", "A - B",
+            "low", "high", "a_only", "b_only", "McNemar p", "verdict", "run_a", "run_b"]  # fmt: skip
+    with Path(path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for row in paired.rows:
+            writer.writerow(["" if row.get(k) is None else row[k] for k in keys])
+
+
+def paired_findings(paired: PairedTable) -> list[str]:
+    """The differences whose interval excludes zero, one line each (for the summary)."""
+    out = []
+    for r in paired.rows:
+        if r["verdict"] == "level":
+            continue
+        sign = ">" if r["verdict"] == "A > B" else "<"
+        test = f", McNemar p={_p(r['McNemar p'])}" if r["McNemar p"] is not None else ""
+        out.append(
+            f"{r['metric']}: {r['A']} {sign} {r['B']} at budget {r['budget']} on {r['data']} "
+            f"({r['A - B']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]{test})"
+        )
+    return out
 
 
 #: marker shapes of the plot's curves, drawn hollow so that coinciding points stay visible
@@ -314,11 +618,18 @@ def write_summary(
     results: Sequence[dict[str, Any]],
     out_dir: Path,
     failed: Sequence[dict[str, Any]] = (),
+    *,
+    records: Sequence[Sequence[dict[str, Any]] | None] | None = None,
+    baseline: str | None = None,
 ) -> Summary:
-    """Write ``summary.md``, ``summary.csv`` and ``summary.png`` into ``out_dir``.
+    """Write ``summary.md``, ``summary.csv`` and ``summary.png`` into ``out_dir``, and
+    ``paired.md`` / ``paired.csv`` (:func:`paired_table`) where runs can be paired.
 
     ``failed``: the ``failure.json`` records of the sweep's failed runs, listed under
     the markdown table (they have no row), so that the table never hides them.
+    ``records``: each run's per-question records; default: read from the run folder
+    ``out_dir / result["name"]``. ``baseline``: see :func:`paired_table`. ``summary.md``
+    ends with the paired differences whose interval excludes zero.
     """
     out_dir = Path(out_dir)
     columns, rows, fixed = table(results)
@@ -334,7 +645,31 @@ def write_summary(
         "csv": out_dir / "summary.csv",
         "plot": out_dir / "summary.png",
     }
+    if records is None:
+        records = [read_records(out_dir / str(r.get("name", ""))) for r in results]
+    # runs without any per-question records (older runs, hand-made records): no pairing
+    if any(r is not None for r in records):
+        paired = paired_table(results, records, baseline=baseline)
+    else:
+        paired = PairedTable(rows=[], refused=[])
+    if paired.rows or paired.refused:
+        paths["paired"] = out_dir / "paired.md"
+        paths["paired csv"] = out_dir / "paired.csv"
+        paths["paired"].write_text(paired_markdown(paired))
+        write_paired_csv(paired, paths["paired csv"])
+        against = baseline or "the first configuration at each budget"
+        findings = paired_findings(paired)
+        text += f"\nPaired per question against {against} ({paths['paired'].name}): " + (
+            f"{len(findings)} of {len(paired.rows)} differences exclude zero:\n"
+            + "".join(f"- {line}\n" for line in findings)
+            if findings
+            else f"none of the {len(paired.rows)} differences excludes zero.\n"
+        )
+        if paired.refused:
+            text += f"Not compared: {len(paired.refused)} (reasons in {paths['paired'].name}).\n"
     paths["markdown"].write_text(text)
     write_csv(columns, rows, paths["csv"])
     plot(results, rows, columns, paths["plot"])
-    return Summary(columns=columns, rows=rows, fixed=fixed, markdown=text, paths=paths)
+    return Summary(
+        columns=columns, rows=rows, fixed=fixed, markdown=text, paths=paths, paired=paired
+    )

@@ -222,9 +222,15 @@ def ablate(
     out: str | None = None,
     config_dirs: Sequence[str] = (),
     dry_run: bool = False,
+    baseline: str | None = None,
     echo: Any = print,
 ) -> Ablation:
-    """Plan, launch the multirun (unless ``dry_run``), then summarise the runs of this command."""
+    """Plan, launch the multirun (unless ``dry_run``), then summarise the runs of this command.
+
+    ``baseline``: the run every other run of the same data set and budget is compared
+    with, question by question (a label or ``key=value`` pairs, see
+    :func:`prunekit.experiments.summary.paired_table`); default: the first run of each group.
+    """
     from prunekit.experiments.summary import read_results, write_summary
 
     ablation = plan(overrides, out=out, config_dirs=config_dirs)
@@ -254,7 +260,7 @@ def ablate(
     ablation.failures = [f for f in map(read_failure, ablation.missing) if f is not None]
     if ablation.results:
         ablation.summary = write_summary(
-            ablation.results, ablation.sweep_dir, failed=ablation.failures
+            ablation.results, ablation.sweep_dir, failed=ablation.failures, baseline=baseline
         )
         echo("")
         echo(ablation.summary.markdown.rstrip())
