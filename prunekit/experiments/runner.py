@@ -6,6 +6,7 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -210,12 +211,40 @@ def _reference_answers(
     processes that start together wait for the one computing them.
     """
     key_config = reference_key(cfg, data)
-    digest = hashlib.sha1(json.dumps(key_config, sort_keys=True).encode()).hexdigest()[:16]
     if cache_dir is None:
         return _unpruned_generation(cfg, model, processor, data).answers
+
+    def read(cached: dict[str, Any]) -> list[str] | None:
+        answers = cached.get("answers", [])
+        return answers if len(answers) == len(data) else None
+
+    def compute() -> tuple[list[str], dict[str, Any]]:
+        generation = _unpruned_generation(cfg, model, processor, data)
+        return generation.answers, {
+            "answers": generation.answers,
+            "prefill_seconds": generation.prefill_seconds,
+            "decode_seconds": generation.decode_seconds,
+        }
+
+    return _computed_once(cache_dir, REFERENCE_FILE, key_config, read, compute)
+
+
+def _computed_once(
+    cache_dir: Path,
+    template: str,
+    key_config: dict[str, Any],
+    read: Callable[[dict[str, Any]], Any],
+    compute: Callable[[], tuple[Any, dict[str, Any]]],
+) -> Any:
+    """A value computed once per sweep and key: ``template`` (with ``{digest}``, the key's
+    hash) names its file in ``cache_dir``; ``read(cached)`` returns the stored value, or
+    ``None`` when the file does not hold a complete one; ``compute()`` returns the value
+    and what to store. A file lock makes processes that start together wait for the one
+    computing it."""
     from filelock import FileLock
 
-    path = Path(cache_dir) / REFERENCE_FILE.format(digest=digest)
+    digest = hashlib.sha1(json.dumps(key_config, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / template.format(digest=digest)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file():
@@ -223,19 +252,12 @@ def _reference_answers(
                 cached = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 cached = {}
-            if cached.get("config") == key_config and len(cached.get("answers", [])) == len(data):
-                return cached["answers"]
-        generation = _unpruned_generation(cfg, model, processor, data)
-        write_json(
-            path,
-            {
-                "config": key_config,
-                "answers": generation.answers,
-                "prefill_seconds": generation.prefill_seconds,
-                "decode_seconds": generation.decode_seconds,
-            },
-        )
-    return generation.answers
+            value = read(cached) if cached.get("config") == key_config else None
+            if value is not None:
+                return value
+        value, stored = compute()
+        write_json(path, {"config": key_config, **stored})
+    return value
 
 
 #: the file name of the unpruned answer distributions in a sweep's cache folder
@@ -269,23 +291,16 @@ def _reference_distribution(
     key_config = distribution_key(cfg, data)
     if cache_dir is None:
         return _unpruned_distribution(cfg, model, processor, data)
-    from filelock import FileLock
 
-    digest = hashlib.sha1(json.dumps(key_config, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / DISTRIBUTION_FILE.format(digest=digest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file():
-            try:
-                cached = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                cached = {}
-            logprobs = cached.get("logprobs", [])
-            if cached.get("config") == key_config and len(logprobs) == len(data):
-                return torch.tensor(logprobs, dtype=torch.float64)
+    def read(cached: dict[str, Any]) -> torch.Tensor | None:
+        logprobs = cached.get("logprobs", [])
+        return torch.tensor(logprobs, dtype=torch.float64) if len(logprobs) == len(data) else None
+
+    def compute() -> tuple[torch.Tensor, dict[str, Any]]:
         distribution = _unpruned_distribution(cfg, model, processor, data)
-        write_json(path, {"config": key_config, "logprobs": distribution.tolist()})
-    return distribution
+        return distribution, {"logprobs": distribution.tolist()}
+
+    return _computed_once(cache_dir, DISTRIBUTION_FILE, key_config, read, compute)
 
 
 def _unpruned_distribution(cfg: DictConfig, model: Any, processor: Any, data: Any) -> torch.Tensor:
