@@ -29,6 +29,14 @@ ablate``'s summary): the mean per-question difference of accuracy, loyalty, KL d
 from the unpruned answer distribution and log-probability of the unpruned answer, with a
 paired bootstrap 95 % interval and McNemar's test for accuracy.
 
+Cost: the answer distributions are read from the answering pass itself
+(``--answer-scoring first_token``, :func:`prunekit.experiments.bench.first_token_distribution`:
+one prefill per question and run; both data sets' answers have distinct first tokens
+with SmolLM2's tokenizer), and the vision tower + projector run once per distinct image
+for the whole benchmark (``bench.share_image_features``, not for the runs that need the
+tower's attention or prune before the projector), so the ms/sample column of those runs
+leaves the encoder out (``benchmarks/prefill.py`` measures speed).
+
 Outputs in ``--out``: ``quality.md`` (tables, sample counts, 95 % Wilson intervals, the
 paired differences against the reference), ``quality.csv`` (one row per run),
 ``quality_paired.md`` / ``quality_paired.csv`` (every paired difference) and
@@ -117,6 +125,10 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
         model,
         f"bench.batch_size={args.batch_size}",
         f"bench.progress={str(args.progress).lower()}",
+        # one vision-encoder pass per image for the whole sweep: the ms/sample of runs
+        # that use it leave the encoder out (benchmarks/prefill.py measures speed)
+        "bench.share_image_features=true",
+        f"bench.answer_scoring={args.answer_scoring}",
     ]
 
 
@@ -497,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
         "--reference",
         default="resprune",
         help="configuration every other one is compared with, per question, at each budget",
+    )
+    parser.add_argument(
+        "--answer-scoring",
+        choices=["first_token", "full"],
+        default="first_token",
+        help="how the KL / log-probability metrics score the closed answers (bench.answer_scoring): "
+        "first_token reads them from the answering pass (one prefill per question)",
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--progress", action="store_true", help="tqdm bars per run")

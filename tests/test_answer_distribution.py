@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import prunekit
-from prunekit.experiments import attach_options, build_model, build_pruner, compose
+from prunekit.experiments import attach_options, bench, build_model, build_pruner, compose
 from prunekit.experiments import runner as runner_module
 from prunekit.experiments.bench import answer_logprobs
 from prunekit.experiments.datasets import tiny as tiny_data
@@ -243,3 +243,109 @@ def test_score_records_kl_and_the_unpruned_answers_logprob_by_hand():
             reference_distribution=unpruned,
             answers=["red", "blue", "green"],
         )
+
+
+# -- first-token scoring: the distribution from the answering pass itself ----------------
+
+
+def test_first_token_distribution_by_hand():
+    # vocabulary of 4; answers start with tokens 1 and 3
+    logits = torch.tensor([[0.0, math.log(2.0), 5.0, math.log(6.0)]])
+    got = bench.first_token_distribution(logits, [1, 3])
+    torch.testing.assert_close(
+        got, torch.tensor([[math.log(0.25), math.log(0.75)]], dtype=torch.float64)
+    )
+    assert got.dtype == torch.float64
+
+
+def test_answer_first_tokens_refuses_shared_first_tokens(model_and_processor):
+    _, processor = model_and_processor
+    assert bench.answer_first_tokens(processor, ["red", "circle"]) == [
+        processor.tokenizer.encode(a, add_special_tokens=False)[0] for a in ("red", "circle")
+    ]
+    with pytest.raises(ValueError, match="'red' and 'red circle' start with the same token"):
+        bench.answer_first_tokens(processor, ["red", "red circle"])
+    with pytest.raises(ValueError, match="no tokens"):
+        bench.answer_first_tokens(processor, ["red", ""])
+
+
+@pytest.mark.parametrize("budget", [None, 8])
+def test_first_token_scores_equal_a_forward_and_pick_the_generated_answer(
+    model_and_processor, budget
+):
+    """The answering pass's distribution is the last prompt position's log-softmax at the
+    answers' first tokens (a plain forward by hand, pruned the same way), and the closed
+    greedy answer is its argmax."""
+    model, processor = model_and_processor
+    data = tiny_data(n_samples=6)
+    pruner = prunekit.create_pruner("random")
+
+    def context():
+        return prunekit.attach(model, pruner, budget=budget)
+
+    scope = context if budget else None
+    generation = bench.generate_answers(
+        model,
+        processor,
+        data.samples,
+        prompt=PROMPT,
+        max_new_tokens=4,
+        batch_size=4,
+        answers=data.answers,
+        context=scope,
+        first_token_scores=True,
+    )
+    got = generation.answer_logprobs
+    assert got.shape == (6, len(data.answers)) and got.dtype == torch.float64
+    firsts = [processor.tokenizer.encode(a, add_special_tokens=False)[0] for a in data.answers]
+    rows = []
+    for sample in data.samples:
+        inputs = processor(
+            images=[sample.get_image()], text=[PROMPT.replace("{question}", sample.query)]
+        )
+        with scope() if scope else torch.no_grad(), torch.no_grad():
+            logits = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                pixel_values=inputs["pixel_values"].double(),
+            ).logits[0, -1]
+        rows.append(torch.log_softmax(torch.log_softmax(logits.double(), -1)[firsts], -1))
+    torch.testing.assert_close(got, torch.stack(rows), rtol=0, atol=ATOL)
+    picked = [data.answers[i] for i in got.argmax(-1).tolist()]
+    assert [a.strip() for a in generation.answers] == picked
+    # the full (teacher-forced) scoring of single-token answers is the same distribution
+    full = answer_logprobs(
+        model, processor, data.samples, data.answers, prompt=PROMPT, batch_size=4, context=scope
+    )
+    if all(len(processor.tokenizer.encode(a, add_special_tokens=False)) == 1 for a in data.answers):
+        torch.testing.assert_close(got, full, rtol=0, atol=ATOL)
+
+
+def test_run_with_first_token_scoring_records_kl_without_a_distribution_pass(tmp_path, monkeypatch):
+    calls = []
+    real = runner_module.answer_logprobs
+    monkeypatch.setattr(
+        runner_module, "answer_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    first = "bench.answer_scoring=first_token"
+    full_tokens = runner_module.run_dataset(
+        _config(1.0, first), tmp_path / "all", cache_dir=tmp_path / ".cache"
+    )
+    assert full_tokens["metrics"]["kl"] == 0.0  # same pass, same numbers
+    pruned = runner_module.run_dataset(
+        _config(8, first), tmp_path / "pruned", cache_dir=tmp_path / ".cache"
+    )
+    assert calls == []  # neither the unpruned nor the pruned runs teacher-forced anything
+    assert pruned["metrics"]["kl"] > 0
+    records = _records(tmp_path / "pruned")
+    assert all(r["kl"] >= 0 for r in records)
+    # the cached unpruned distribution is the one a fresh unpruned pass gives
+    uncached = runner_module.run_dataset(_config(8, first), tmp_path / "uncached")
+    assert _records(tmp_path / "uncached") == records
+    assert uncached["metrics"]["kl"] == pruned["metrics"]["kl"]
+    with pytest.raises(ValueError, match="bench.closed_answers=true"):
+        runner_module.run_dataset(
+            _config(8, first, "bench.closed_answers=false"), tmp_path / "open"
+        )
+    with pytest.raises(ValueError, match="answer_scoring"):
+        compose(["model=tiny", "data=tiny", "bench.answer_scoring=argmax"])

@@ -107,6 +107,38 @@ def answer_trie(processor: Any, answers: Sequence[str], eos_token_id: int) -> An
     return AnswerTrie(sequences, eos_token_id)
 
 
+def answer_first_tokens(processor: Any, answers: Sequence[str]) -> list[int]:
+    """The first token id of each answer; ``ValueError`` unless they are all distinct (then
+    an answer is known from its first token, and greedy decoding restricted to the answers
+    picks the answer whose first token scores highest)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    firsts: dict[int, str] = {}
+    out = []
+    for answer in answers:
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"answers: {answer!r} encodes to no tokens")
+        if ids[0] in firsts:
+            raise ValueError(
+                f"answers: {firsts[ids[0]]!r} and {answer!r} start with the same token; "
+                "first-token scoring needs answers with distinct first tokens "
+                "(use bench.answer_scoring=full)"
+            )
+        firsts[ids[0]] = answer
+        out.append(int(ids[0]))
+    return out
+
+
+def first_token_distribution(
+    first_step_logits: torch.Tensor, first_tokens: Sequence[int]
+) -> torch.Tensor:
+    """Log-probabilities of the answers from the scores of the first generated token:
+    the log-softmax over the vocabulary read at each answer's first token, renormalised
+    over the answers (float64, on the CPU)."""
+    logprobs = torch.log_softmax(first_step_logits.double().cpu(), dim=-1)
+    return torch.log_softmax(logprobs[:, list(first_tokens)], dim=-1)
+
+
 def _eos_id(model: Any, processor: Any) -> int:
     eos = getattr(model.generation_config, "eos_token_id", None)
     if eos is None:
@@ -157,6 +189,9 @@ class Generation:
     decode_seconds: float = 0.0
     text_tokens: list[int] = field(default_factory=list)
     image_tokens: list[int] = field(default_factory=list)
+    #: with ``first_token_scores``: ``(samples, answers)`` log-probabilities of the answers
+    #: by their first tokens (:func:`first_token_distribution`)
+    answer_logprobs: torch.Tensor | None = None
 
 
 def _synchronize(device: torch.device) -> None:
@@ -211,6 +246,7 @@ def generate_answers(
     progress: bool = False,
     desc: str = "samples",
     warmup: bool = True,
+    first_token_scores: bool = False,
 ) -> Generation:
     """Greedy answers to ``samples``, ``batch_size`` questions per ``generate`` call.
 
@@ -220,7 +256,10 @@ def generate_answers(
     them (:class:`ClosedAnswers`). Inputs go to the device of the model's first
     parameter, pixels in the model's dtype. ``warmup``: one untimed one-token
     ``generate`` on the first sample first, so that one-off costs (CUDA kernels,
-    caches) do not count against the first batch.
+    caches) do not count against the first batch. ``first_token_scores`` (needs
+    ``answers`` with distinct first tokens): also the answers' distribution from the same
+    pass's first-step scores (:attr:`Generation.answer_logprobs`), so one prefill per
+    question gives both the answer and the distribution.
     """
     import contextlib
 
@@ -229,6 +268,10 @@ def generate_answers(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if first_token_scores and not answers:
+        raise ValueError("first_token_scores needs the closed answers (answers=...)")
+    first_tokens = answer_first_tokens(processor, answers) if first_token_scores else None
+    scored: list[torch.Tensor] = []
     parameter = next(model.parameters())
     device, dtype = parameter.device, parameter.dtype
     image_id = image_token_id(model)
@@ -262,6 +305,7 @@ def generate_answers(
                 do_sample=False,
                 return_dict_in_generate=True,
                 output_scores=True,
+                output_logits=first_tokens is not None,
                 logits_processor=LogitsProcessorList([*processors, clock]),
             )
             with scope() as handle, torch.no_grad():
@@ -274,6 +318,8 @@ def generate_answers(
             out.seconds += toc - tic
             out.prefill_seconds += prefill_end - tic
             out.decode_seconds += toc - prefill_end
+            if first_tokens is not None:
+                scored.append(first_token_distribution(output.logits[0], first_tokens))
             new = output.sequences[:, output.sequences.shape[1] - len(output.scores) :]
             out.answers.extend(processor.batch_decode(new, skip_special_tokens=True))
             mask = inputs.get("attention_mask")
@@ -294,6 +340,10 @@ def generate_answers(
             bar.update(len(batch))
     finally:
         bar.close()
+    if first_tokens is not None:
+        out.answer_logprobs = (
+            torch.cat(scored) if scored else torch.empty(0, len(first_tokens), dtype=torch.float64)
+        )
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -31,11 +32,16 @@ from prunekit.experiments.config import (
     resolve_device,
 )
 from prunekit.experiments.datasets import METRICS
+from prunekit.experiments.image_features import image_feature_memo, shared_image_features
 from prunekit.experiments.records import environment, write_json
 
 #: keys that do not change a run's results (left out when a rerun compares configs);
 #: ``model.llm_layers`` only checks ``adapter.llm_layer`` (runs recorded before it existed match)
-NON_RESULT_KEYS = (("bench", "progress"), ("model", "llm_layers"))
+NON_RESULT_KEYS = (
+    ("bench", "progress"),
+    ("bench", "share_image_features"),  # the same numbers, only the encoder time differs
+    ("model", "llm_layers"),
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -275,6 +281,8 @@ def distribution_key(cfg: DictConfig, data: Any) -> dict[str, Any]:
     data, seed and device, the batch size, and the closed answers (the columns)."""
     key = reference_key(cfg, data)
     key["bench"] = {"batch_size": cfg.bench.batch_size}
+    if cfg.bench.answer_scoring != "full":  # (keys written before the option stay valid)
+        key["bench"]["answer_scoring"] = cfg.bench.answer_scoring
     key["answers"] = list(data.answers)
     return key
 
@@ -304,6 +312,10 @@ def _reference_distribution(
 
 
 def _unpruned_distribution(cfg: DictConfig, model: Any, processor: Any, data: Any) -> torch.Tensor:
+    if cfg.bench.answer_scoring == "first_token":
+        return _unpruned_generation(
+            cfg, model, processor, data, first_token_scores=True
+        ).answer_logprobs
     seed_everything(cfg.seed)
     return answer_logprobs(
         model,
@@ -317,7 +329,9 @@ def _unpruned_distribution(cfg: DictConfig, model: Any, processor: Any, data: An
     )
 
 
-def _unpruned_generation(cfg: DictConfig, model: Any, processor: Any, data: Any) -> Any:
+def _unpruned_generation(
+    cfg: DictConfig, model: Any, processor: Any, data: Any, *, first_token_scores: bool = False
+) -> Any:
     seed_everything(cfg.seed)
     return generate_answers(
         model,
@@ -329,7 +343,39 @@ def _unpruned_generation(cfg: DictConfig, model: Any, processor: Any, data: Any)
         answers=data.answers if cfg.bench.closed_answers else None,
         progress=cfg.bench.progress,
         desc="unpruned reference",
+        first_token_scores=first_token_scores,
     )
+
+
+def _shared_features(cfg: DictConfig, model: Any, pruner: Any = None) -> Any:
+    """The context in which a pass of the run shares the image features
+    (:func:`~prunekit.experiments.image_features.shared_image_features`, with the
+    process-level memo of ``model``, so every run of a sweep in this process shares
+    it), or a null context: ``bench.share_image_features`` off, or a pruned pass
+    (``pruner`` given) that computes the features otherwise -- the vision tower's
+    attention captured by hooks during the encoder pass (``pruner.required_signals``),
+    which a memo hit would skip, or ``adapter.before_projector`` (the adapter calls the
+    vision tower itself)."""
+    from prunekit.adapters.attention import ATTENTION_SIGNALS
+
+    if not cfg.bench.share_image_features:
+        return contextlib.nullcontext()
+    if pruner is not None and (
+        cfg.adapter.get("before_projector", False)
+        or set(getattr(pruner, "required_signals", ())) & ATTENTION_SIGNALS
+    ):
+        return contextlib.nullcontext()
+    return shared_image_features(model, image_feature_memo(model))
+
+
+@contextlib.contextmanager
+def _pruned(cfg: DictConfig, model: Any, pruner: Any, options: dict[str, Any]) -> Any:
+    """``prunekit.attach`` of the run, within :func:`_shared_features` (yields the handle)."""
+    import prunekit
+
+    with _shared_features(cfg, model, pruner):
+        with prunekit.attach(model, pruner, budget=cfg.budget, **options) as handle:
+            yield handle
 
 
 def run_dataset(
@@ -349,10 +395,11 @@ def run_dataset(
     KV-cache savings of :mod:`prunekit.accounting`). The unpruned reference answers
     (``bench.loyalty``) come from the sweep's cache (:func:`_reference_answers`), and so
     do the unpruned answer distributions (:func:`_reference_distribution`) where the runs
-    record ``kl`` and ``logprob_reference`` (:func:`measures_distribution`).
+    record ``kl`` and ``logprob_reference`` (:func:`measures_distribution`). With
+    ``bench.share_image_features`` the passes run the vision tower and projector once per
+    distinct image, shared with the other runs of the sweep in this process
+    (:func:`_shared_features`); the run's timings then leave the vision encoder out.
     """
-    import prunekit
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc)
@@ -363,10 +410,20 @@ def run_dataset(
     pruner = build_pruner(cfg)
     data = load_data(cfg)
     model, processor = build_model(cfg)
-    reference = (
-        _reference_answers(cfg, model, processor, data, cache_dir) if cfg.bench.loyalty else None
-    )
+    with _shared_features(cfg, model):
+        reference = (
+            _reference_answers(cfg, model, processor, data, cache_dir)
+            if cfg.bench.loyalty
+            else None
+        )
     options = attach_options(cfg, processor)
+    measured = measures_distribution(cfg, data)
+    first_token = measured and cfg.bench.answer_scoring == "first_token"
+    if first_token and not cfg.bench.closed_answers:
+        raise ValueError(
+            "bench.answer_scoring=first_token reads the distribution from the answering pass, "
+            "which then must decode the closed answers: set bench.closed_answers=true"
+        )
     seed_everything(cfg.seed)
     generation = generate_answers(
         model,
@@ -376,13 +433,18 @@ def run_dataset(
         max_new_tokens=cfg.bench.max_new_tokens,
         batch_size=cfg.bench.batch_size,
         answers=data.answers if cfg.bench.closed_answers else None,
-        context=lambda: prunekit.attach(model, pruner, budget=cfg.budget, **options),
+        context=lambda: _pruned(cfg, model, pruner, options),
         progress=cfg.bench.progress,
         desc=name or run_dir.name,
+        first_token_scores=first_token,
     )
     distribution = reference_distribution = None
-    if measures_distribution(cfg, data):
-        reference_distribution = _reference_distribution(cfg, model, processor, data, cache_dir)
+    if measured:
+        with _shared_features(cfg, model):
+            reference_distribution = _reference_distribution(cfg, model, processor, data, cache_dir)
+    if first_token:
+        distribution = generation.answer_logprobs
+    elif measured:
         seed_everything(cfg.seed)
         distribution = answer_logprobs(
             model,
@@ -391,7 +453,7 @@ def run_dataset(
             data.answers,
             prompt=cfg.model.prompt,
             batch_size=cfg.bench.batch_size,
-            context=lambda: prunekit.attach(model, pruner, budget=cfg.budget, **options),
+            context=lambda: _pruned(cfg, model, pruner, options),
             progress=cfg.bench.progress,
             desc=f"{name or run_dir.name} (answer distributions)",
         )

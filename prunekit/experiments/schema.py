@@ -116,6 +116,17 @@ class BenchConf:
     #: with loyalty, on data sets with a closed answer set: per question the KL divergence
     #: from the unpruned answer distribution and the log-probability of the unpruned answer
     distribution: bool = True
+    #: how the answer distribution is scored: ``full`` teacher-forces every answer (one
+    #: extra prefill per multi-token answer); ``first_token`` reads the answers' first
+    #: tokens from the answering pass itself (no extra pass; answers must have distinct
+    #: first tokens)
+    answer_scoring: str = one_of("full", "full", "first_token")
+    #: run the vision tower and projector once per distinct image, shared by every pass
+    #: and every run of the sweep in one process
+    #: (:mod:`prunekit.experiments.image_features`); runs whose pruner needs the vision
+    #: tower's attention, and ``adapter.before_projector`` runs, do not use it. Off by
+    #: default: the timings of a run that uses it leave out the vision encoder
+    share_image_features: bool = False
     #: show a tqdm progress bar over the samples
     progress: bool = True
 
