@@ -20,6 +20,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "sphinx_copybutton",  # a copy button on every code block (the `docs` extra)
     "prunekit_docs",  # benchmark results, the generated API reference (docs/_ext)
 ]
 try:  # markdown benchmark results are parsed with myst-parser (the `docs` extra)
@@ -51,6 +52,10 @@ prunekit_results_dir = "../benchmarks/results"
 # theirs to choose, and must not fail the build.
 suppress_warnings = ["myst.header", "myst.xref_missing"]
 
-html_theme = "alabaster"
+# Furo: a maintained, responsive theme whose wide tables and code blocks scroll inside
+# the page instead of overflowing it (the `docs` extra)
+html_theme = "furo"
 html_title = "prunekit"
-html_theme_options = {"description": "Training-free visual token pruning for VLMs"}
+# the prompts of >>> examples and shell sessions are not copied
+copybutton_prompt_text = r">>> |\.\.\. |\$ "
+copybutton_prompt_is_regexp = True
