@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def prefill():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "prefill.py"
-    spec = importlib.util.spec_from_file_location("prefill_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("prefill_benchmark", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/prefill.py", "prefill_benchmark")
 
 
 def test_quick_run_writes_the_report(prefill, tmp_path):

@@ -4,21 +4,14 @@ model (a few pruners, two budgets), and its report's arithmetic."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def quality():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("quality_benchmark", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quality.py", "quality_benchmark")
 
 
 def test_auc_is_the_mann_whitney_statistic(quality):

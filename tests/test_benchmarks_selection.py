@@ -3,24 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 import prunekit
 
 
 @pytest.fixture(scope="module")
 def selection():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "selection.py"
-    spec = importlib.util.spec_from_file_location("selection_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("selection_benchmark", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/selection.py", "selection_benchmark")
 
 
 def test_quick_grid_writes_every_method(selection, tmp_path):

@@ -6,13 +6,11 @@ hand; runs whose questions differ are refused."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 from prunekit.experiments.summary import compare_records, paired_table, write_summary
 from prunekit.stats import paired_bootstrap, significant
@@ -208,12 +206,7 @@ def test_vqa_scores_get_an_interval_but_no_mcnemar():
 
 @pytest.fixture(scope="module")
 def quality():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-    spec = importlib.util.spec_from_file_location("quality_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("quality_benchmark", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/quality.py", "quality_benchmark")
 
 
 def test_quality_report_pairs_every_pruner_with_the_reference(quality):

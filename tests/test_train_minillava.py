@@ -8,12 +8,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import random
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 from prunekit.models import minillava
 
@@ -24,12 +23,7 @@ if MISSING:
 
 @pytest.fixture(scope="module")
 def train():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_minillava.py"
-    spec = importlib.util.spec_from_file_location("train_minillava", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_minillava", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/train_minillava.py", "train_minillava")
 
 
 def _tiny_llama():
