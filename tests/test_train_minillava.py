@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from repo_scripts import load_script
+from tiny_models import tiny_llama_config
 
 from prunekit.models import minillava
 
@@ -27,18 +28,10 @@ def train():
 
 
 def _tiny_llama():
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaModel
 
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
     torch.manual_seed(0)
-    return LlamaModel(config).eval()
+    return LlamaModel(tiny_llama_config()).eval()
 
 
 def _lora_args(rank=4, alpha=8.0):
