@@ -78,6 +78,7 @@ import torch.nn.functional as F
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 from prunekit.data import easyvqa, shapes  # noqa: E402
+from prunekit.experiments.bench import answer_first_tokens  # noqa: E402
 from prunekit.models import minillava  # noqa: E402
 from prunekit.models.dinov2 import DINOV2_SMALL_NAME, preprocess  # noqa: E402
 
@@ -620,13 +621,6 @@ def parse_pruner(spec: str) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
-def first_token_candidates(runner: Runner, answers: Sequence[str]) -> torch.Tensor:
-    firsts = [runner.ids(a)[0] for a in answers]
-    if len(set(firsts)) != len(firsts):
-        raise RuntimeError(f"answers {answers} do not have distinct first tokens")
-    return torch.tensor(firsts)
-
-
 @torch.no_grad()
 def evaluate(
     runner: Runner,
@@ -641,7 +635,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Accuracy on the first ``n_images`` images (first ``q_per_image`` questions each)."""
     n = len(src.qas) if n_images is None else min(n_images, len(src.qas))
-    candidates = first_token_candidates(runner, src.answers)
+    candidates = torch.tensor(answer_first_tokens(runner.tok, src.answers))
     hits_first = hits_exact = total = 0
     kinds: dict[str, list[int]] = {}
     for start in range(0, n, batch_images):
