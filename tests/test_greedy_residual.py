@@ -1,4 +1,7 @@
-"""Greedy residual selection against hand-worked cases and a float64 reference."""
+"""Greedy residual selection against hand-worked cases and a float64 reference.
+
+Every test runs twice: on the native CPU kernel (``auto``'s choice on CPU) and on the
+PyTorch reference loop (``auto`` with the native kernel unavailable)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,24 @@ import torch
 from reference import resprune_reference
 
 import prunekit
-from prunekit.strategies.selection.greedy_residual import gram_method, greedy_residual_order
+import prunekit.strategies.selection.greedy_residual as greedy_module
+from prunekit.kernels.native import native_library
+from prunekit.strategies.selection.greedy_residual import (
+    gram_method,
+    greedy_residual_order,
+    selection_backend,
+)
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def backend(request, monkeypatch):
+    """The backend ``auto`` resolves to on CPU in this test."""
+    if request.param == "torch":
+        monkeypatch.setattr(greedy_module, "native_library", lambda: None)
+    elif native_library() is None:
+        pytest.skip("no C compiler: the native kernel cannot be built here")
+    assert selection_backend(torch.zeros(1, 2, 2)) == request.param
+    return request.param
 
 
 def order_of(tokens, k, weights=None, **kwargs):

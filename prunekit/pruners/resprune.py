@@ -19,6 +19,7 @@ from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.text import Aggregation, TextRelevance
 from prunekit.strategies.selection.greedy_residual import (
     DEFAULT_MAX_GRAM_BYTES,
+    Backend,
     GramMethod,
     GreedyResidualSelection,
 )
@@ -38,6 +39,8 @@ class ResPrune(ComposedPruner):
         rank_tol: relative residual treated as zero (``None``: by dtype).
         method: ``"auto"``, ``"gram"`` or ``"rows"`` (see :func:`greedy_residual_order`).
         max_gram_bytes: memory bound above which ``"auto"`` avoids the ``N x N`` Gram matrix.
+        backend: what runs the greedy steps, ``"auto"``, ``"native"``, ``"triton"`` or
+            ``"torch"`` (see :func:`selection_backend`); all select the same tokens.
 
     ``relevance`` and ``selection`` are built from these (not constructor arguments).
     """
@@ -51,6 +54,7 @@ class ResPrune(ComposedPruner):
     rank_tol: float | None = None
     method: GramMethod = "auto"
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
+    backend: Backend = "auto"
     relevance: TextRelevance = field(init=False, repr=False)
     selection: GreedyResidualSelection = field(init=False, repr=False)
 
@@ -60,6 +64,9 @@ class ResPrune(ComposedPruner):
             aggregation=self.aggregation, alpha=self.alpha, center=self.center, eps=self.eps
         )
         self.selection = GreedyResidualSelection(
-            rank_tol=self.rank_tol, method=self.method, max_gram_bytes=self.max_gram_bytes
+            rank_tol=self.rank_tol,
+            method=self.method,
+            max_gram_bytes=self.max_gram_bytes,
+            backend=self.backend,
         )
         super().__post_init__()

@@ -26,8 +26,10 @@ from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.base import RelevanceStrategy
 from prunekit.strategies.selection.base import SelectionStrategy
 from prunekit.strategies.selection.greedy_residual import (
+    BACKENDS,
     DEFAULT_MAX_GRAM_BYTES,
     GRAM_METHODS,
+    Backend,
     GramMethod,
     greedy_residual_order,
 )
@@ -43,6 +45,7 @@ def dpp_greedy_order(
     tie_rtol: float = 1e-5,
     method: GramMethod = "auto",
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """Greedy MAP of the DPP with kernel ``L = diag(q) S diag(q)``, ``S_ij = cos(x_i, x_j)``.
 
@@ -68,7 +71,7 @@ def dpp_greedy_order(
         quality: ``(B, N)`` non-negative ``q``.
         num_keep: steps to run.
         valid: ``(B, N)`` bool; padded tokens are never picked while valid ones remain.
-        rank_tol, tie_rtol, method, max_gram_bytes: as for ``greedy_residual_order``
+        rank_tol, tie_rtol, method, max_gram_bytes, backend: as for ``greedy_residual_order``
             (``tie_rtol``: ``d^2`` values within this relative distance of the best
             tie, the lowest index wins; the official ``argmax`` is exact).
 
@@ -86,11 +89,13 @@ def dpp_greedy_order(
         tie_rtol=tie_rtol,
         method=method,
         max_gram_bytes=max_gram_bytes,
+        backend=backend,
     )
 
 
-def _check_dpp_options(rank_tol, tie_rtol, method, max_gram_bytes) -> None:
+def _check_dpp_options(rank_tol, tie_rtol, method, max_gram_bytes, backend) -> None:
     check_choice("method", method, GRAM_METHODS)
+    check_choice("backend", backend, BACKENDS)
     if rank_tol is not None and not (0 <= rank_tol < 1):
         raise ValueError(f"rank_tol must be in [0, 1), got {rank_tol}")
     if not (0 <= tie_rtol < 1):
@@ -115,12 +120,15 @@ class DPPSelection(SelectionStrategy):
     tie_rtol: float = 1e-5
     method: GramMethod = "auto"
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
+    backend: Backend = "auto"
 
     name = "dpp"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_dpp_options(self.rank_tol, self.tie_rtol, self.method, self.max_gram_bytes)
+        _check_dpp_options(
+            self.rank_tol, self.tie_rtol, self.method, self.max_gram_bytes, self.backend
+        )
 
     def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
         return dpp_greedy_order(
@@ -132,6 +140,7 @@ class DPPSelection(SelectionStrategy):
             tie_rtol=self.tie_rtol,
             method=self.method,
             max_gram_bytes=self.max_gram_bytes,
+            backend=self.backend,
         )
 
 
@@ -275,7 +284,7 @@ class CDPruner(ComposedPruner):
     Args:
         negate: official negated cosine (default) or the paper's sign.
         theta: ``None`` (released code) or the paper's trade-off ``theta`` in [0, 1).
-        rank_tol, tie_rtol, method, max_gram_bytes: see :func:`dpp_greedy_order`.
+        rank_tol, tie_rtol, method, max_gram_bytes, backend: see :func:`dpp_greedy_order`.
     """
 
     name = "cdpruner"
@@ -286,6 +295,7 @@ class CDPruner(ComposedPruner):
     tie_rtol: float = 1e-5
     method: GramMethod = "auto"
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
+    backend: Backend = "auto"
     relevance: CDPrunerRelevance = field(init=False, repr=False)
     selection: DPPSelection = field(init=False, repr=False)
 
@@ -297,6 +307,7 @@ class CDPruner(ComposedPruner):
             tie_rtol=self.tie_rtol,
             method=self.method,
             max_gram_bytes=self.max_gram_bytes,
+            backend=self.backend,
         )
         super().__post_init__()
 

@@ -6,7 +6,10 @@ onto the span of the kept tokens, add it to ``S``, and update every residual by
 one Gram-Schmidt step. This equals pivoted (incremental) Cholesky on the Gram
 matrix ``X X^T`` with weighted pivoting, so it costs one GEMM plus ``O(N K)``
 work per step; for very large ``N`` a path without the ``N x N`` Gram matrix
-computes one Gram row per step instead (``O(N d)`` per step, ``O(N K)`` memory).
+computes only the Gram rows it needs (``O(N K)`` memory). The steps run on a
+backend (:func:`selection_backend`): a native CPU kernel, a Triton kernel on
+CUDA, or the reference loop of PyTorch operations (:func:`_greedy_torch`); all
+select the same tokens.
 
 Numerics: float32 or wider; energies clamped at 0; a token whose residual is at
 most ``rank_tol`` of its own energy counts as already explained (score 0).
@@ -26,12 +29,22 @@ import torch
 
 from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
+from prunekit.kernels.greedy_cpu import greedy_gram_cpu, greedy_rows_cpu
+from prunekit.kernels.native import native_library
+from prunekit.kernels.triton_support import triton_available, triton_interpreting
 from prunekit.strategies.selection.base import SelectionStrategy
 
 #: how residuals are updated: the ``N x N`` Gram matrix, token rows, or chosen by memory
 GramMethod = Literal["auto", "gram", "rows"]
 #: the values of :data:`GramMethod`
 GRAM_METHODS = ("auto", "gram", "rows")
+
+#: what runs the greedy steps: a compiled CPU kernel, a Triton kernel, PyTorch, or chosen by device
+Backend = Literal["auto", "native", "triton", "torch"]
+#: the values of :data:`Backend`
+BACKENDS = ("auto", "native", "triton", "torch")
+#: the token dtypes the native kernel takes
+NATIVE_DTYPES = (torch.float32, torch.float64)
 
 #: Relative tolerance below which a residual counts as explained, per dtype.
 DEFAULT_RANK_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
@@ -68,6 +81,43 @@ def gram_method(
     return "gram" if batch * n * n * tokens.element_size() <= max_gram_bytes else "rows"
 
 
+def selection_backend(tokens: torch.Tensor, backend: Backend = "auto", path: str = "gram") -> str:
+    """The backend :func:`greedy_residual_order` uses for ``tokens`` on ``path``.
+
+    ``"auto"``: on CPU the native kernel when it could be built (see
+    :mod:`prunekit.kernels.native`), on CUDA the Triton kernel for the Gram path when
+    Triton is installed; the PyTorch loop otherwise. An explicit backend that cannot
+    run on ``tokens`` raises a ``ValueError`` naming ``backend``.
+    """
+    check_choice("backend", backend, BACKENDS)
+    device = tokens.device.type
+    if backend == "auto":
+        if device == "cpu" and tokens.dtype in NATIVE_DTYPES and native_library() is not None:
+            return "native"
+        if device == "cuda" and path == "gram" and triton_available():
+            return "triton"
+        return "torch"
+    if backend == "native":
+        if device != "cpu" or tokens.dtype not in NATIVE_DTYPES:
+            raise ValueError(
+                f"backend='native' needs float32/float64 CPU tokens, got {tokens.dtype} on {device}"
+            )
+        if native_library() is None:
+            raise ValueError(
+                "backend='native': the native CPU kernel could not be built (see the warning)"
+            )
+    if backend == "triton":
+        if path != "gram":
+            raise ValueError(
+                "backend='triton' runs the Gram path only: use method='gram' or backend='torch'"
+            )
+        if not triton_available() or (device != "cuda" and not triton_interpreting()):
+            raise ValueError(
+                f"backend='triton' needs Triton and CUDA tokens, got tokens on {device}"
+            )
+    return backend
+
+
 def greedy_residual_order(
     tokens: torch.Tensor,
     weights: torch.Tensor,
@@ -78,6 +128,7 @@ def greedy_residual_order(
     tie_rtol: float = 1e-5,
     method: GramMethod = "auto",
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """Greedy weighted residual selection, batched.
 
@@ -93,13 +144,14 @@ def greedy_residual_order(
         method: ``"gram"`` (one ``N x N`` GEMM), ``"rows"`` (one Gram row per
             step, no ``N x N`` matrix) or ``"auto"`` (``"gram"`` unless the Gram
             matrices would exceed ``max_gram_bytes``), see :func:`gram_method`.
+        backend: what runs the ``K`` steps, see :func:`selection_backend`: ``"native"``
+            (CPU: a compiled kernel, all steps of a sample in one call), ``"triton"``
+            (CUDA, Gram path: all steps of the batch in one kernel launch), ``"torch"``
+            (the reference loop of PyTorch operations, any device) or ``"auto"``. All
+            select the same tokens; they differ only in float rounding order.
 
     Returns:
         ``(B, K)`` int64 picks in the order they were made.
-
-    The loop runs ``K`` steps, a number known on the host; every decision stays
-    on the device (no ``.item()``, no data-dependent shape), so on CUDA the loop
-    never waits for the GPU.
     """
     batch, n, _ = tokens.shape
     device, dtype = tokens.device, tokens.dtype
@@ -107,16 +159,13 @@ def greedy_residual_order(
         valid = torch.ones(batch, n, dtype=torch.bool, device=device)
     if rank_tol is None:
         rank_tol = DEFAULT_RANK_TOL.get(dtype, 1e-4)
+    path = gram_method(tokens, method, max_gram_bytes)
+    backend = selection_backend(tokens, backend, path)
     tokens = tokens.detach().contiguous()  # a selection: no gradient flows through the picks
-    weights = weights.detach()
-    flat_tokens = tokens.view(batch * n, -1)
-    # flat row of each sample's token 0 (none needed for a single sample)
-    row_offset = torch.arange(batch, device=device).unsqueeze(1) * n if batch > 1 else None
     gram = None
-    if gram_method(tokens, method, max_gram_bytes) == "gram":
+    if path == "gram":
         gram = torch.bmm(tokens, tokens.transpose(1, 2))
         energy = gram.diagonal(dim1=1, dim2=2).clone()  # (B, N) ||x_i||^2
-        gram = gram.view(batch * n, n)
     else:
         energy = torch.einsum("bnd,bnd->bn", tokens, tokens)
 
@@ -124,9 +173,43 @@ def greedy_residual_order(
     # so that its score w * E is 0 (energies only decrease: it stays explained).
     tol = energy * rank_tol
     energy = energy.masked_fill(energy <= tol, 0.0)
-    weights = weights.to(dtype)
-    neg_inf = torch.full((), -torch.inf, dtype=dtype, device=device)
-    available = valid.clone()
+    weights = weights.detach().to(dtype).contiguous()
+    available = valid.contiguous().clone()
+    state = (energy, tol, weights, available, num_keep, tie_rtol)
+    if backend == "native":
+        if gram is not None:
+            return greedy_gram_cpu(gram, *state)
+        return greedy_rows_cpu(tokens, *state)
+    if backend == "triton":
+        from prunekit.kernels.greedy_triton import greedy_steps_triton
+
+        return greedy_steps_triton(gram, *state)
+    return _greedy_torch(tokens, gram, *state)
+
+
+def _greedy_torch(
+    tokens: torch.Tensor,
+    gram: torch.Tensor | None,
+    energy: torch.Tensor,
+    tol: torch.Tensor,
+    weights: torch.Tensor,
+    available: torch.Tensor,
+    num_keep: int,
+    tie_rtol: float,
+) -> torch.Tensor:
+    """The reference loop: ``K`` steps of PyTorch operations, batched, on any device.
+
+    ``gram`` is ``(B, N, N)`` or ``None`` (then one Gram row per step from ``tokens``).
+    The loop runs ``K`` steps, a number known on the host; every decision stays on the
+    device (no ``.item()``, no data-dependent shape), so on CUDA it never waits for the GPU.
+    """
+    batch, n, _ = tokens.shape
+    flat_tokens = tokens.view(batch * n, -1)
+    # flat row of each sample's token 0 (none needed for a single sample)
+    row_offset = torch.arange(batch, device=tokens.device).unsqueeze(1) * n if batch > 1 else None
+    if gram is not None:
+        gram = gram.view(batch * n, n)
+    neg_inf = torch.full((), -torch.inf, dtype=tokens.dtype, device=tokens.device)
     factors = tokens.new_empty(batch, num_keep, n)  # rows of the incremental Cholesky factor
     picks = []
     for step in range(num_keep):
@@ -170,6 +253,7 @@ class GreedyResidualSelection(SelectionStrategy):
     tie_rtol: float = 1e-5
     method: GramMethod = "auto"
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
+    backend: Backend = "auto"
 
     name = "greedy_residual"
 
@@ -192,4 +276,5 @@ class GreedyResidualSelection(SelectionStrategy):
             tie_rtol=self.tie_rtol,
             method=self.method,
             max_gram_bytes=self.max_gram_bytes,
+            backend=self.backend,
         )
