@@ -61,7 +61,7 @@ from torch.utils import benchmark
 
 import prunekit
 from prunekit import accounting
-from prunekit.experiments.records import machine_record
+from prunekit.experiments.records import machine_record, reproduce_command
 
 MODELS = ("llava-7b", "minillava")
 OPTIONAL_PRUNERS = ("divprune", "cdpruner", "random")  # from prunekit-baselines, when installed
@@ -557,7 +557,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[list[Row], dict[str, ob
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = " ".join(["python benchmarks/prefill.py", *(sys.argv[1:] if argv is None else argv)])
+    command = reproduce_command("benchmarks/prefill.py", sys.argv[1:] if argv is None else argv)
     rows, settings = run(args, command)
     info = machine_record(args.device)
     text = markdown(rows, info, settings)

@@ -591,6 +591,7 @@ def write_report(
     aucs: dict[str, dict[str, float]] | None,
     seconds: float,
 ) -> None:
+    from prunekit.experiments.records import reproduce_command
     from prunekit.experiments.summary import paired_markdown, write_paired_csv
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -607,7 +608,7 @@ def write_report(
         "# Quality benchmark"
         + (" (quick smoke run: tiny random model, not a result)" if args.quick else ""),
         "",
-        f"Produced by `python benchmarks/quality.py {' '.join(sys.argv[1:])}`".rstrip() + " "
+        f"Produced by `{reproduce_command('benchmarks/quality.py', sys.argv[1:])}` "
         f"in {seconds / 60:.0f} min on {machine()}.",
         "",
         f"Model: {'tiny random LLaVA' if args.quick else 'MiniLLaVA (DINOv2-S + trained projector + SmolLM2-135M-Instruct), 256 visual tokens'}; "

@@ -104,6 +104,34 @@ def environment(device: Any) -> dict[str, Any]:
     }
 
 
+#: where the committed benchmark results live; :func:`reproduce_command` names it
+RESULTS_DIR = "benchmarks/results"
+
+
+def reproduce_command(script: str, argv: list[str]) -> str:
+    """The command line that reproduces a committed result: ``python <script> <argv>`` with
+    the ``--out`` folder replaced by :data:`RESULTS_DIR`, where committed results live
+    (a run may write to a scratch folder first; the file a reader finds names the command
+    that writes it in place).
+
+    >>> reproduce_command("benchmarks/prefill.py", ["--grid", "issue", "--out", "/tmp/perf"])
+    'python benchmarks/prefill.py --grid issue --out benchmarks/results'
+    """
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            args.append(RESULTS_DIR)
+            skip = False
+        elif arg == "--out":
+            args.append(arg)
+            skip = True
+        elif arg.startswith("--out="):
+            args.append(f"--out={RESULTS_DIR}")
+        else:
+            args.append(arg)
+    return shlex.join(["python", script, *args])
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically (a reader never sees a half-written file)."""
     path = Path(path)
