@@ -2,7 +2,8 @@
 Large Multimodal Models"; official code https://github.com/vbdi/divprune).
 
 * :func:`maxmin_order`: DivPrune's greedy max-min diversity selection, batched,
-  optionally weighted by relevance.
+  optionally weighted by relevance; from the ``(B, N, N)`` distance matrix, or,
+  when that would exceed a memory bound, one distance row per step (same picks).
 * :class:`MaxMinSelection` (registered as selection ``"maxmin"``): the same as a
   selection strategy, composable with any relevance, e.g.
   ``create_pruner("composed", relevance="text", selection="maxmin")``.
@@ -13,16 +14,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
 from prunekit.core.pruner import Picks, TokenPruner
 from prunekit.strategies.selection.base import SelectionStrategy
 
 #: larger than any cosine distance (which lies in [0, 2]); marks padded neighbours
 _FAR = 4.0
+
+#: how distances are obtained: the ``N x N`` matrix, one row per step, or chosen by memory
+MaxMinMethod = Literal["auto", "matrix", "rows"]
+#: the values of :data:`MaxMinMethod`
+MAXMIN_METHODS = ("auto", "matrix", "rows")
+
+#: Default bound of the ``B x N x N`` distance matrices above which ``"auto"`` takes the rows
+#: path; also the bound of the rows path's ``(B, block, N)`` slabs.
+DEFAULT_MAX_MATRIX_BYTES = 256 * 2**20
 
 
 def cosine_distances(tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -47,6 +59,59 @@ def nearest_distances(dist: torch.Tensor) -> torch.Tensor:
     return torch.topk(dist, 2, dim=1, largest=False).values[:, 1, :]
 
 
+def nearest_distances_by_rows(
+    unit: torch.Tensor, valid: torch.Tensor, max_slab_bytes: int
+) -> torch.Tensor:
+    """:func:`nearest_distances` from unit tokens ``(B, N, d)`` without the ``N x N`` matrix.
+
+    Distances are symmetric, so a token's nearest other valid token is found in its
+    own row: rows are taken a ``(B, block, N)`` slab at a time, ``block`` the most
+    that fits ``max_slab_bytes`` (at least 1), padded columns and the token itself
+    set to :data:`_FAR` before the row minimum.
+    """
+    batch, n, _ = unit.shape
+    if n < 2:
+        return unit.new_full((batch, n), _FAR)
+    block = max(1, max_slab_bytes // max(1, batch * n * unit.element_size()))
+    padded = ~valid.unsqueeze(1)  # (B, 1, N)
+    nearest = unit.new_empty(batch, n)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        slab = torch.bmm(unit[:, start:stop], unit.transpose(1, 2))  # (B, block, N) cosines
+        slab = slab.neg_().add_(1.0).clamp_min_(0.0).masked_fill_(padded, _FAR)
+        slab[:, :, start:stop].diagonal(dim1=1, dim2=2).fill_(_FAR)  # not its own neighbour
+        nearest[:, start:stop] = slab.amin(dim=2)
+    return nearest
+
+
+def _pick_distances(
+    unit: torch.Tensor, pick: torch.Tensor, valid: torch.Tensor, batch_index: torch.Tensor
+) -> torch.Tensor:
+    """``(B, N)`` row ``pick`` of :func:`cosine_distances`, computed alone (one GEMV)."""
+    picked = unit[batch_index, pick].unsqueeze(2)  # (B, d, 1)
+    row = (1.0 - torch.bmm(unit, picked).squeeze(2)).clamp_min_(0.0)
+    row.scatter_(1, pick.unsqueeze(1), 0.0)  # exactly 0 at the pick itself
+    pick_valid = valid.gather(1, pick.unsqueeze(1))  # (B, 1)
+    return row.masked_fill_(~pick_valid, _FAR)
+
+
+def maxmin_method(
+    tokens: torch.Tensor,
+    method: MaxMinMethod = "auto",
+    max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
+) -> str:
+    """The path :func:`maxmin_order` takes on ``tokens``: ``"matrix"`` or ``"rows"``.
+
+    ``"auto"`` is ``"matrix"`` while the ``(B, N, N)`` distance matrices of ``tokens``
+    (in their dtype) fit in ``max_matrix_bytes``, ``"rows"`` above.
+    """
+    check_choice("method", method, MAXMIN_METHODS)
+    if method != "auto":
+        return method
+    batch, n, _ = tokens.shape
+    return "matrix" if batch * n * n * tokens.element_size() <= max_matrix_bytes else "rows"
+
+
 def _first_near_max(key: torch.Tensor, tol: torch.Tensor | float) -> torch.Tensor:
     """Per row, the lowest index whose key is within ``tol`` (a float or ``(B, 1)``) of the row's maximum."""
     best = key.amax(dim=1, keepdim=True)
@@ -59,15 +124,31 @@ def _maxmin(
     num_keep: int,
     valid: torch.Tensor,
     tie_atol: float,
+    method: MaxMinMethod = "auto",
+    max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     batch, n, _ = tokens.shape
     device = tokens.device
-    dist = cosine_distances(tokens, valid)
-    nearest = nearest_distances(dist)
+    tokens = tokens.detach()  # a selection: no gradient flows through the picks
+    batch_index = torch.arange(batch, device=device)
+    if maxmin_method(tokens, method, max_matrix_bytes) == "matrix":
+        dist = cosine_distances(tokens, valid)
+        nearest = nearest_distances(dist)
+        dist_rows = dist.view(batch * n, n)
+        row_offset = batch_index * n  # flat row of each sample's token 0
+
+        def distances_to(pick: torch.Tensor) -> torch.Tensor:
+            return dist_rows.index_select(0, pick + row_offset)
+
+    else:  # memory O(B N d + one slab): never the (B, N, N) matrix
+        unit = F.normalize(tokens, dim=-1)
+        nearest = nearest_distances_by_rows(unit, valid, max_matrix_bytes)
+
+        def distances_to(pick: torch.Tensor) -> torch.Tensor:
+            return _pick_distances(unit, pick, valid, batch_index)
+
     weights = weights.to(tokens.dtype).clamp_min(0.0)
     available = valid.clone()
-    dist_rows = dist.view(batch * n, n)
-    row_offset = torch.arange(batch, device=device) * n  # flat row of each sample's token 0
     neg_inf = torch.full((), -math.inf, dtype=tokens.dtype, device=device)
     reach = nearest  # step 0: distance to the nearest other token; then: to the picked set
     picks = []
@@ -82,7 +163,7 @@ def _maxmin(
         pick = torch.where(score.amax(dim=1) > tol.squeeze(1), pick, fill)
         picks.append(pick)
         available.scatter_(1, pick.unsqueeze(1), False)
-        row = dist_rows.index_select(0, pick + row_offset)  # (B, N) distances to the new pick
+        row = distances_to(pick)  # (B, N) distances to the new pick
         reach = row if step == 0 else torch.minimum(reach, row)
     return torch.stack(picks, dim=1), nearest
 
@@ -94,6 +175,8 @@ def maxmin_order(
     valid: torch.Tensor | None = None,
     *,
     tie_atol: float = 1e-5,
+    method: MaxMinMethod = "auto",
+    max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES,
 ) -> torch.Tensor:
     """DivPrune's greedy max-min selection on cosine distance, weighted, batched.
 
@@ -111,6 +194,14 @@ def maxmin_order(
         tie_atol: scores within ``tie_atol * max(w)`` of the best tie (distances lie
             in [0, 2], so this is an absolute distance tolerance) and the lowest
             index wins; 0 is the official exact ``argmax``.
+        method: ``"matrix"`` (the ``(B, N, N)`` distances from one GEMM), ``"rows"``
+            (no ``N x N`` matrix: the first-step scores from ``(B, block, N)`` slabs
+            of at most ``max_matrix_bytes``, then one distance row per step, a GEMV;
+            memory ``O(B N d)`` plus one slab) or ``"auto"`` (``"matrix"`` unless
+            the matrices would exceed ``max_matrix_bytes``), see :func:`maxmin_method`.
+            Both select the same tokens up to float rounding (a GEMV and a GEMM may
+            differ in the last bits, far below ``tie_atol``).
+        max_matrix_bytes: the memory bound of ``"auto"`` and of the rows path's slabs.
 
     Returns:
         ``(B, num_keep)`` int64 picks in the order they were made. Never repeats a
@@ -120,12 +211,14 @@ def maxmin_order(
     """
     if valid is None:
         valid = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-    return _maxmin(tokens, weights, num_keep, valid, tie_atol)[0]
+    return _maxmin(tokens, weights, num_keep, valid, tie_atol, method, max_matrix_bytes)[0]
 
 
-def _check_tie_atol(tie_atol: float) -> None:
+def _check_fields(tie_atol: float, max_matrix_bytes: int) -> None:
     if not (0 <= tie_atol < 1):
         raise ValueError(f"tie_atol must be in [0, 1), got {tie_atol}")
+    if max_matrix_bytes < 0:
+        raise ValueError(f"max_matrix_bytes must be >= 0, got {max_matrix_bytes}")
 
 
 @dataclass
@@ -141,18 +234,29 @@ class MaxMinSelection(SelectionStrategy):
 
     Args:
         tie_atol: distance tolerance under which scores tie (lowest index wins).
+        method: ``"matrix"``, ``"rows"`` (no ``N x N`` matrix, same picks) or
+            ``"auto"`` (rows once the matrices would exceed ``max_matrix_bytes``).
+        max_matrix_bytes: bound of ``"auto"`` and of the rows path's slabs.
     """
 
     tie_atol: float = 1e-5
+    method: MaxMinMethod = "auto"
+    max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES
     name = "maxmin"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_tie_atol(self.tie_atol)
+        super().__post_init__()  # types and method's choices, from the annotations
+        _check_fields(self.tie_atol, self.max_matrix_bytes)
 
     def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
         return maxmin_order(
-            inputs.tokens, weights, num_keep, inputs.token_mask, tie_atol=self.tie_atol
+            inputs.tokens,
+            weights,
+            num_keep,
+            inputs.token_mask,
+            tie_atol=self.tie_atol,
+            method=self.method,
+            max_matrix_bytes=self.max_matrix_bytes,
         )
 
 
@@ -190,25 +294,41 @@ class DivPrune(TokenPruner):
       its selection is unstable), negative rounding of ``D`` clamped to 0 and the
       diagonal exactly 0; a zero token has distance 1 to everything instead of NaN.
     * Batched over images with padding masks (the official handles one image).
+    * Memory: past ``max_matrix_bytes`` of ``(B, N, N)`` distances (256 MiB: N of
+      about 8,000 for one image) the same picks come from one distance row per
+      step instead of the matrix (``method="rows"``, see :func:`maxmin_order`).
 
     ``scores`` are the first-step scores: each token's cosine distance to its
     nearest other token.
 
     Args:
         tie_atol: see :func:`maxmin_order`.
+        method: ``"matrix"``, ``"rows"`` (no ``N x N`` matrix, same picks) or
+            ``"auto"`` (rows once the matrices would exceed ``max_matrix_bytes``).
+        max_matrix_bytes: bound of ``"auto"`` and of the rows path's slabs.
     """
 
     name = "divprune"
 
     tie_atol: float = 1e-5
+    method: MaxMinMethod = "auto"
+    max_matrix_bytes: int = DEFAULT_MAX_MATRIX_BYTES
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_tie_atol(self.tie_atol)
+        super().__post_init__()  # types and method's choices, from the annotations
+        _check_fields(self.tie_atol, self.max_matrix_bytes)
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         weights = torch.ones_like(inputs.tokens[..., 0])
-        order, nearest = _maxmin(inputs.tokens, weights, num_keep, inputs.token_mask, self.tie_atol)
+        order, nearest = _maxmin(
+            inputs.tokens,
+            weights,
+            num_keep,
+            inputs.token_mask,
+            self.tie_atol,
+            self.method,
+            self.max_matrix_bytes,
+        )
         scores = nearest.masked_fill(~inputs.token_mask, 0.0).clamp_max(2.0)
         return Picks(order=order, scores=scores)
 

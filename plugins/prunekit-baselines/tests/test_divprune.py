@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import prunekit
 from prunekit.core.inputs import validate_inputs
@@ -190,3 +192,101 @@ class TestMaxMinContract(PrunerContract):
         ("composed", {"relevance": {"name": "text", "alpha": 2.0}, "selection": "maxmin"}),
         ("composed", {"relevance": "cdpruner", "selection": "maxmin"}),
     ]
+
+
+# --------------------------------------------------------------------------- the rows path
+
+
+def random_batch(seed: int, dtype: torch.dtype = torch.float32):
+    """Padded tokens (garbage in the padding), some exact duplicates and a zero token."""
+    g = torch.Generator().manual_seed(seed)
+    batch, n, d = 3, 90, 12
+    tokens = torch.randn(batch, n, d, generator=g, dtype=dtype)
+    tokens[0, 40:50] = tokens[0, 10:20]  # exact duplicates
+    tokens[1, 5] = 3.0 * tokens[1, 6]  # same direction, other norm
+    tokens[2, 7] = 0.0
+    lengths = torch.tensor([n, 61, 17])
+    valid = torch.arange(n).unsqueeze(0) < lengths.unsqueeze(1)
+    return tokens, valid
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_path_selects_what_the_matrix_path_selects(seed, dtype):
+    tokens, valid = random_batch(seed, dtype)
+    g = torch.Generator().manual_seed(100 + seed)
+    weights = torch.rand(tokens.shape[:2], generator=g, dtype=dtype)
+    for w in (torch.ones_like(weights), weights):
+        for k in (1, 17, 60, 90):  # 90: past the shorter samples' valid tokens
+            matrix = maxmin_order(tokens, w, k, valid, method="matrix")
+            # a 7-row slab bound: many slabs, the last one partial
+            slab = 7 * tokens.shape[0] * tokens.shape[1] * tokens.element_size()
+            rows = maxmin_order(tokens, w, k, valid, method="rows", max_matrix_bytes=slab)
+            assert torch.equal(rows, matrix)
+    # and through the pruner, scores (the nearest-token distances) included
+    by_matrix = DivPrune(method="matrix").prune(tokens, budget=20, token_mask=valid)
+    by_rows = DivPrune(method="rows", max_matrix_bytes=1).prune(tokens, budget=20, token_mask=valid)
+    assert torch.equal(by_rows.indices, by_matrix.indices)
+    assert torch.allclose(by_rows.scores, by_matrix.scores, atol=1e-6)
+
+
+def test_rows_path_matches_the_official_algorithm():
+    x = np.random.default_rng(11).normal(size=(70, 9))
+    assert order(torch.tensor(x), 30, method="rows", max_matrix_bytes=0) == [
+        official_divprune(x, 30)
+    ]
+
+
+def test_auto_takes_the_rows_path_past_the_bound(monkeypatch):
+    from prunekit_baselines import divprune
+
+    tokens = torch.randn(2, 50, 4)
+    assert divprune.maxmin_method(tokens) == "matrix"
+    assert divprune.maxmin_method(tokens, max_matrix_bytes=2 * 50 * 50 * 4) == "matrix"
+    assert divprune.maxmin_method(tokens, max_matrix_bytes=2 * 50 * 50 * 4 - 1) == "rows"
+    assert divprune.maxmin_method(tokens, "rows") == "rows"
+    # auto past the bound never builds the matrix
+    monkeypatch.setattr(divprune, "cosine_distances", lambda *a: pytest.fail("built D"))
+    picks = maxmin_order(tokens, torch.ones(2, 50), 10, max_matrix_bytes=1000)
+    assert torch.equal(picks, maxmin_order(tokens, torch.ones(2, 50), 10, method="rows"))
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the largest tensor any torch op returns (every allocation of a result)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                self.numel = max(self.numel, value.numel())
+        return out
+
+
+def test_rows_path_never_allocates_an_n_by_n_tensor():
+    batch, n = 2, 3000
+    tokens = torch.randn(batch, n, 16, generator=torch.Generator().manual_seed(0))
+    weights = torch.ones(batch, n)
+    with LargestOutput() as seen:
+        matrix = maxmin_order(tokens, weights, 40, method="matrix")
+    assert seen.numel == batch * n * n  # the probe sees the matrix path's (B, N, N) GEMM
+    bound = 2**20
+    with LargestOutput() as seen:
+        rows = maxmin_order(tokens, weights, 40, method="rows", max_matrix_bytes=bound)
+    assert torch.equal(rows, matrix)
+    assert seen.numel * 4 <= bound  # one slab of at most 1 MiB: 1/69 of the matrices
+    assert seen.numel == batch * (bound // (batch * n * 4)) * n
+
+
+def test_rejects_bad_method_and_bound():
+    with pytest.raises(ValueError, match="method"):
+        DivPrune(method="gram")
+    with pytest.raises(ValueError, match="method"):
+        maxmin_order(torch.randn(1, 5, 3), torch.ones(1, 5), 2, method="row")
+    with pytest.raises(ValueError, match="max_matrix_bytes"):
+        MaxMinSelection(max_matrix_bytes=-1)
+    with pytest.raises(TypeError, match="max_matrix_bytes"):
+        DivPrune(max_matrix_bytes=1.5)
