@@ -11,7 +11,8 @@ GEMM ``torch.bmm(X, X^T)`` of the same tokens, timed in the same process; the
 * ``resprune``: the whole ResPrune call (text relevance + greedy residual selection,
   ``method="auto"``: the Gram path, or the rows path without the ``N x N`` matrix when
   the Gram matrices would exceed ``max_gram_bytes`` = 256 MiB); ``resprune[gram]`` and
-  ``resprune[rows]`` force a path (the ``path`` column says which one ran);
+  ``resprune[rows]`` force a path (the ``path`` column says which one ran, and in
+  brackets the backend of its greedy steps: ``native``, ``triton`` or ``torch``);
 * ``composed[none x greedy_residual]``, ``composed[text x topk]``,
   ``composed[none x random]``: strategy compositions;
 * every other registered pruner with its defaults (``divprune``: the ``N x N``
@@ -89,8 +90,12 @@ import torch
 from torch.utils import benchmark
 
 import prunekit
-from prunekit.experiments.records import machine_record
-from prunekit.strategies.selection.greedy_residual import DEFAULT_MAX_GRAM_BYTES, gram_method
+from prunekit.experiments.records import machine_record, reproduce_command
+from prunekit.strategies.selection.greedy_residual import (
+    DEFAULT_MAX_GRAM_BYTES,
+    gram_method,
+    selection_backend,
+)
 from prunekit.testing import synthesize_signals
 from prunekit_baselines.divprune import DEFAULT_MAX_MATRIX_BYTES, maxmin_method
 
@@ -197,6 +202,15 @@ def all_methods() -> list[Method]:
     methods += [Method(label, name, kwargs) for label, (name, kwargs) in VARIANTS.items()]
     methods.append(Method(OFFICIAL_CDPRUNER, OFFICIAL_CDPRUNER))
     return methods
+
+
+def backend_of(method: Method, tokens: torch.Tensor, path: str) -> str:
+    """The backend of the greedy steps (``selection_backend``) for greedy methods, else ``""``."""
+    if path not in ("gram", "rows") or method.name == "divprune":
+        return ""
+    compute = torch.promote_types(tokens.dtype, torch.float32)
+    probe = torch.empty(1, 1, 1, dtype=compute, device=tokens.device)
+    return selection_backend(probe, method.kwargs.get("backend", "auto"), path)
 
 
 def path_of(method: Method, tokens: torch.Tensor) -> str:
@@ -391,6 +405,7 @@ class Row:
     kept: int
     method: str
     path: str = ""
+    backend: str = ""  # what ran the greedy steps (native, triton, torch) for greedy methods
     median_s: float | None = None
     iqr_s: float | None = None
     runs: int = 0
@@ -454,6 +469,7 @@ def measure_cell(
     for method in [Method("gemm", "")] + methods:
         path = "" if method.label == "gemm" else path_of(method, tokens)
         row = Row(b, n, d, k, method.label, path, prefill_s=prefill_s, prefill_note=prefill_note)
+        row.backend = "" if method.label == "gemm" else backend_of(method, tokens, path)
         row.estimate_s = estimate(method.label, b, n, d, k, path, speed)
         need = memory_estimate(method.label, b, n, d, k, path)
         # the timed calls (a long call: once; else blocks after a warm-up) and the memory call
@@ -535,8 +551,9 @@ def grid_cells(grid: str) -> list[tuple[tuple, list[str] | None]]:
             for n in GPU_N
         ]
     if grid == "issue":
-        cells = [(cell, ["resprune", "cdpruner"]) for cell in ISSUE_CELLS]
-        return cells + [(ISSUE_LARGE, ["resprune", "resprune[gram]", "cdpruner"])]
+        methods = ["resprune", "cdpruner", "cdpruner[official]", "divprune"]
+        cells = [(cell, methods) for cell in ISSUE_CELLS]
+        return cells + [(ISSUE_LARGE, ["resprune", "resprune[gram]", "cdpruner", "divprune"])]
     return [
         ((b, n, d, prunekit.num_kept(n, ratio)), None)
         for b in FULL_B
@@ -607,8 +624,10 @@ def markdown(rows: list[Row], info: dict[str, object], settings: dict[str, objec
         "call (validation, relevance, selection, result) on random tokens (B, N, d), "
         f"{TEXT_ROWS} text rows, synthesized signals. `x GEMM`: time / one "
         "`torch.bmm(X, X^T)` of the same tokens, timed in the same process. `path`: the "
-        "greedy residual path (`gram`: one N x N GEMM; `rows`: one Gram row per step, no "
-        "N x N matrix) or DivPrune's (`matrix`: the N x N distances; `rows`: one distance "
+        "greedy residual path (`gram`: one N x N GEMM; `rows`: no N x N matrix, Gram rows "
+        "computed as needed) with, in brackets, the backend that ran its steps (`native`: "
+        "the compiled CPU kernel; `triton`: one kernel launch on CUDA; `torch`: the PyTorch "
+        "loop), or DivPrune's (`matrix`: the N x N distances; `rows`: one distance "
         "row per step). `cdpruner[official]`: the official CDPruner code's selection "
         "transcribed to torch (N x N kernel, batch-wide min-max). Peak: the most memory "
         "torch allocated during one call beyond its inputs (CPU: torch.profiler allocation "
@@ -640,7 +659,8 @@ def markdown(rows: list[Row], info: dict[str, object], settings: dict[str, objec
             note = "; ".join(filter(None, [note, r.prefill_note]))
         lines.append(
             f"| {r.batch} | {r.tokens} | {r.dim} | {r.kept} | "
-            f"{'gemm (floor)' if r.method == 'gemm' else r.method} | {r.path} | "
+            f"{'gemm (floor)' if r.method == 'gemm' else r.method} | "
+            f"{r.path}{f' ({r.backend})' if r.backend else ''} | "
             f"{ms(r.median_s)} | {ms(r.iqr_s)} | "
             f"{'' if r.x_gemm is None else f'{r.x_gemm:.2f}'} | "
             f"{'' if r.peak_bytes is None else f'{r.peak_bytes / 2**20:.1f}'} | "
@@ -765,9 +785,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    command = " ".join(
-        ["python benchmarks/selection.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    command = reproduce_command("benchmarks/selection.py", sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     rows = run(args)
     settings = {
