@@ -99,7 +99,7 @@ def embeddings(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tens
 
 
 def load_images(names: tuple[str, ...] | list[str]) -> torch.Tensor:
-    from prunekit.demo import sample_image
+    from prunekit.data.images import sample_image
     from prunekit.models.dinov2 import preprocess
 
     return torch.cat([preprocess(sample_image(name), size=IMAGE_SIZE) for name in names])

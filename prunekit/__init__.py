@@ -13,13 +13,20 @@ from __future__ import annotations
 from typing import Any
 
 from prunekit import accounting
+from prunekit import builtin as _builtin
 from prunekit.accounting import Savings
 from prunekit.adapters import AttachHandle, attach
 from prunekit.core import PAD_INDEX, Budget, PruneInputs, PruneResult, TokenPruner, num_kept
 from prunekit.core.pruner import Picks
 from prunekit.pruners import ComposedPruner, ResPrune
 from prunekit.registry import Registry, get_registry, hookimpl
+from prunekit.registry.registry import BUILTIN_PLUGINS as _BUILTIN_PLUGINS
 from prunekit.strategies import RelevanceStrategy, SelectionStrategy
+
+# prunekit's own components: every Registry registers them before any plugin. The package
+# (the top of the import graph) hands them to the registry, which imports nothing above it.
+if all(plugin is not _builtin for _, plugin in _BUILTIN_PLUGINS):
+    _BUILTIN_PLUGINS.append(("builtin", _builtin))
 
 #: prunekit's version
 __version__ = "0.1.0"

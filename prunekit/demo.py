@@ -24,6 +24,7 @@ import torch
 from prunekit import create_pruner
 from prunekit.core.budget import Budget, num_kept
 from prunekit.core.result import PruneResult
+from prunekit.data.images import load_image
 from prunekit.viz import kept_overlay
 
 #: side of the demo's input image in pixels (DINOv2-S at 224 px: 16 x 16 patches)
@@ -57,23 +58,6 @@ class EncoderDemoReport:
         )
 
 
-def sample_image(name: str) -> np.ndarray:
-    """An RGB sample photo from ``skimage.data`` by name (e.g. ``"astronaut"``, ``"chelsea"``)."""
-    from skimage import data
-
-    loader = getattr(data, name, None)
-    if loader is None or not callable(loader):
-        raise ValueError(
-            f"image {name!r} is not a scikit-image sample (try 'astronaut', 'chelsea', 'coffee')"
-        )
-    image = np.asarray(loader())
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[2] < 3:
-        raise ValueError(f"image {name!r} is not an RGB picture (shape {image.shape})")
-    return image[..., :3]
-
-
 @torch.no_grad()
 def run_encoder_demo(
     *,
@@ -84,7 +68,6 @@ def run_encoder_demo(
 ) -> EncoderDemoReport:
     """Encode ``image`` (a scikit-image sample name or an image file), prune its patch
     tokens with ``pruner`` at ``budget``, write the picture."""
-    from prunekit.experiments.runner import load_image
     from prunekit.models.dinov2 import load_dinov2_small, preprocess
 
     selector = create_pruner(pruner)  # names and pictures fail here, before the model loads
@@ -271,7 +254,6 @@ def run_demo(
         verbose: show transformers' model-loading progress bars.
     """
     import prunekit
-    from prunekit.experiments.runner import load_image
     from prunekit.models import minillava
 
     if not isinstance(repeats, int) or repeats < 1:

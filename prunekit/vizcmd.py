@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunekit.cli import budget_argument, check_image, check_output_file
+from prunekit.arguments import budget_argument, check_image, check_output_file
+from prunekit.data.images import load_image
 
 #: side of the encoded image in pixels (DINOv2-S: 16 x 16 patches)
 IMAGE_SIZE = 224
@@ -174,21 +175,6 @@ def _create(names: list[str], chosen: bool) -> tuple[dict, list[str]]:
             continue
         pruners[name] = pruner
     return pruners, skipped
-
-
-def load_image(spec: str) -> np.ndarray:
-    """An image file (any format PIL reads) or a scikit-image sample name, as HxWx3 uint8."""
-    path = Path(spec)
-    if path.is_file():
-        from PIL import Image
-
-        with Image.open(path) as picture:
-            return np.array(picture.convert("RGB"))  # writable: processors make tensors of it
-    if path.suffix:  # looks like a file name, not a sample name
-        raise FileNotFoundError(f"image file {spec!r} does not exist")
-    from prunekit.demo import sample_image
-
-    return sample_image(spec)
 
 
 @torch.no_grad()
@@ -384,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise ValueError("--prompt is empty")
 
-    picture = load_image(args.image)
+    picture = np.array(load_image(args.image))  # writable: processors make tensors of it
     layouts = None
     if args.prompt is None and args.model is None:
         results = _encoder_results(args, picture, pruners)

@@ -79,7 +79,8 @@ def test_demo_keeps_the_residual_selection_of_the_real_tokens(tmp_path):
     pytest.importorskip("skimage")
     from reference import resprune_reference
 
-    from prunekit.demo import run_encoder_demo, sample_image
+    from prunekit.data.images import sample_image
+    from prunekit.demo import run_encoder_demo
     from prunekit.models.dinov2 import load_dinov2_small, preprocess
 
     report = run_encoder_demo(budget=16, out=tmp_path / "k.png")
@@ -155,7 +156,7 @@ def test_minillava_demo_end_to_end(tmp_path, capsys):
 
 def test_demo_rejects_unknown_image():
     pytest.importorskip("skimage")
-    from prunekit.demo import sample_image
+    from prunekit.data.images import sample_image
 
     with pytest.raises(ValueError, match="not a scikit-image sample"):
         sample_image("no_such_picture")

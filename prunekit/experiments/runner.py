@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prunekit.data.images import load_image
 from prunekit.experiments.bench import (
     answer_logprobs,
     efficiency,
@@ -112,21 +113,6 @@ class RunReport:
                 "kept-token picture: not written (the kept tokens do not form a square grid)"
             )
         return "\n".join(lines)
-
-
-def load_image(image: str) -> Any:
-    """An image file path, or the name of a scikit-image sample (``astronaut``, ``chelsea``, ...)."""
-    from PIL import Image
-
-    path = Path(image)
-    if path.is_file():
-        with Image.open(path) as file:
-            return file.convert("RGB")
-    if path.suffix or "/" in image:
-        raise FileNotFoundError(f"image file {image!r} not found")
-    from prunekit.demo import sample_image
-
-    return Image.fromarray(sample_image(image))
 
 
 @torch.no_grad()

@@ -1,8 +1,10 @@
 """Component registry: names to factories, filled by plugins through pluggy.
 
 Plugins are the modules named in the ``prunekit`` entry-point group. prunekit's
-own components come in the same way, from :mod:`prunekit.builtin` (announced
-in the same group), registered before any third-party plugin. Each
+own components come through the same hook, from :mod:`prunekit.builtin`, which the
+``prunekit`` package adds to :data:`BUILTIN_PLUGINS` when it is imported (the registry
+imports nothing above it, by name or by string); they are registered before any
+third-party plugin. Each
 plugin registers atomically: if its hook raises (a duplicate name included),
 none of its components are kept, a :class:`PluginLoadWarning` names it and the
 error, and the rest of the registry keeps working.
@@ -11,7 +13,6 @@ error, and the rest of the registry keeps working.
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import inspect
 import warnings
 from collections.abc import Callable, Iterable
@@ -27,8 +28,10 @@ from prunekit.registry import hookspecs
 
 #: the entry-point group plugin distributions announce their module in
 ENTRY_POINT_GROUP = "prunekit"
-#: the module of prunekit's own components, registered before any plugin
-BUILTIN_MODULE = "prunekit.builtin"
+#: ``(name, plugin)`` registered before the entry points, so that no plugin takes their
+#: names: prunekit's own components (:mod:`prunekit.builtin`), added by the ``prunekit``
+#: package on import, as timm's model modules add themselves to its registry
+BUILTIN_PLUGINS: list[tuple[str, object]] = []
 #: the kinds of components the registry holds
 KINDS = ("pruner", "relevance", "selection", "noun_extractor", "adapter")
 
@@ -160,7 +163,7 @@ class Registry:
 
     Args:
         load_plugins: load the modules of the ``prunekit`` entry-point group
-            (and :mod:`prunekit.builtin` if it is not among them) now.
+            now, after the :data:`BUILTIN_PLUGINS`.
     """
 
     def __init__(self, *, load_plugins: bool = True) -> None:
@@ -170,15 +173,14 @@ class Registry:
         self.plugin_manager.add_hookspecs(hookspecs)
         if load_plugins:
             # prunekit's own components first, so their names are never taken by a plugin.
-            self.register_plugin(importlib.import_module(BUILTIN_MODULE), name="builtin")
+            for name, plugin in BUILTIN_PLUGINS:
+                self.register_plugin(plugin, name=name)
             self.load_entry_points()
 
     # -- plugins -----------------------------------------------------------------
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
         """Import and register every module announced in the entry-point ``group``."""
         for ep in sorted(entry_points(group=group), key=lambda e: e.name):
-            if ep.value == BUILTIN_MODULE:
-                continue  # registered first, by the constructor
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin must not break the host
