@@ -439,6 +439,13 @@ def contract_case(source: Source) -> AdapterCase:
         assert all(torch.equal(r.indices, kept) for r in results)
         return reference(source, model, inputs["pixel_values"], options["layer"], kept)
 
+    def contract_features(model, inputs, options):
+        """What the pruner must see: the patch tokens entering block ``layer``, run by hand."""
+        h = source.embed(model, inputs["pixel_values"])
+        for block in source.blocks(model)[: options["layer"]]:
+            h = source.run_block(block, h)
+        return list(h[:, source.prefix :])
+
     return AdapterCase(
         family=registered_name(source.adapter),
         label=source.name,
@@ -447,6 +454,7 @@ def contract_case(source: Source) -> AdapterCase:
         inputs=contract_inputs,
         run=run,
         reference=contract_reference,
+        features=contract_features,
         pruner=pruner,
         options={"layer": 1},
         variants=({"layer": 0}, {"layer": 1}, {"layer": 2}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import left_pad
+from tiny_models import Words, left_pad
 
 import prunekit
 from prunekit.adapters.internvl import InternVLAdapter, placeholder_runs
@@ -117,6 +117,11 @@ def contract_reference(model, inputs, results, options):
     return hand_built_prompt(model, inputs, features, kept_indices(results[0]), positions=positions)
 
 
+def contract_features(model, inputs, options):
+    """What the pruner must see: the model's own features per pruned row of the scope."""
+    return entries(model, inputs, options.get("budget_scope", "image"))
+
+
 def one_placeholder_too_many(inputs):
     inputs["input_ids"][0, -1] = IMAGE_TOKEN_ID
     return inputs
@@ -129,6 +134,8 @@ CONTRACT_CASES = [
         build=tiny_internvl,
         inputs=contract_inputs,
         reference=contract_reference,
+        features=contract_features,
+        tokenizer=Words(),  # prompt 0 reads "red triangle ?", prompt 1 "blue circle"
         options={"budget_scope": scope},
         variants=({"positions": "contiguous"}, {"positions": "original"}),
         budgets=budgets,

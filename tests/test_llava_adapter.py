@@ -11,7 +11,7 @@ import functools
 
 import pytest
 import torch
-from tiny_models import IMAGE_TOKEN_ID, left_pad, prompt_ids, tiny_llava
+from tiny_models import IMAGE_TOKEN_ID, Words, left_pad, prompt_ids, tiny_llava
 
 import prunekit
 from prunekit.testing import AdapterCase, Refusal, hand_built_prompt, kept_indices
@@ -81,6 +81,11 @@ def contract_reference(model, inputs, results, options):
     return hand_built_prompt(model, inputs, features, kept_indices(results[0]), positions=positions)
 
 
+def contract_features(model, inputs, options):
+    """What the pruner must see: the model's own projected features, per image."""
+    return list(model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output)
+
+
 def without_pixels_with_encoder_outputs(inputs):
     inputs = dict(inputs)
     inputs["mm_encoder_outputs"] = {"image": inputs.pop("pixel_values")}
@@ -98,6 +103,8 @@ CONTRACT_CASES = [
         build=functools.partial(tiny_llava, initializer_range=0.2),  # positions change tokens
         inputs=contract_inputs,
         reference=contract_reference,
+        features=contract_features,
+        tokenizer=Words(),  # prompt 0 reads "red triangle ?", prompt 1 "blue circle"
         variants=({"positions": "contiguous"}, {"positions": "original"}),
         budgets=(4, 0.5),
         full_budgets=(1.0, N_IMAGE, 10_000),
@@ -122,18 +129,6 @@ def test_positions_option_changes_the_computation(model):
 
 
 def test_text_conditioning_uses_the_prompt_nouns(model):
-    class Words:
-        """A tiny word-level tokenizer over the tiny vocabulary."""
-
-        words = {7: "red", 8: "triangle", 9: "?", 10: "blue", 11: "circle", 12: "square", 13: "big"}
-
-        def decode(self, ids, skip_special_tokens=True):
-            return " ".join(self.words.get(i, "") for i in ids).strip()
-
-        def __call__(self, text, add_special_tokens=False):
-            inverse = {v: k for k, v in self.words.items()}
-            return {"input_ids": [inverse[w] for w in text.split() if w in inverse]}
-
     inputs = batch()
     with prunekit.attach(model, prunekit.ResPrune(alpha=4.0), budget=4, tokenizer=Words()) as h:
         model(**inputs)
@@ -145,19 +140,6 @@ def test_text_conditioning_uses_the_prompt_nouns(model):
     assert not torch.equal(h.results[0].indices, h_none.results[0].indices)
     assert h.results[0].scores is not None and not torch.all(h.results[0].scores == 1)
     assert torch.all(h_none.results[0].scores == 1)
-
-
-class Words:
-    """A tiny word-level tokenizer over the tiny vocabulary."""
-
-    words = {7: "red", 8: "triangle", 9: "?", 10: "blue", 11: "circle", 12: "square", 13: "big"}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return " ".join(self.words.get(i, "") for i in ids).strip()
-
-    def __call__(self, text, add_special_tokens=False):
-        inverse = {v: k for k, v in self.words.items()}
-        return {"input_ids": [inverse[w] for w in text.split() if w in inverse]}
 
 
 def test_embedding_mean_is_recomputed_when_the_table_changes(model):

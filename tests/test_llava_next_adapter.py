@@ -13,6 +13,7 @@ import torch
 import transformers
 from tiny_models import (
     IMAGE_TOKEN_ID,
+    Words,
     left_pad,
     prompt_ids,
     tiny_clip_vision_config,
@@ -124,6 +125,12 @@ def contract_reference(model, inputs, results, options):
     return hand_built_prompt(model, inputs, features, kept, positions=positions)
 
 
+def contract_features(model, inputs, options):
+    """What the pruner must see: the model's own features per image, row newlines included
+    (the newlines are kept without being offered, see ``always_kept``)."""
+    return model_features(model, inputs)
+
+
 def without_image_sizes(inputs):
     return {k: v for k, v in inputs.items() if k != "image_sizes"}
 
@@ -134,6 +141,9 @@ CONTRACT_CASES = [
         build=functools.partial(tiny_llava_next, initializer_range=0.2),
         inputs=contract_inputs,
         reference=contract_reference,
+        features=contract_features,
+        always_kept=newline_slots,
+        tokenizer=Words(),  # prompt 0 reads "red triangle ?", prompt 1 "blue circle"
         variants=({"positions": "contiguous"}, {"positions": "original"}),
         budgets=(10, 0.3),
         refusals=(Refusal(inputs=without_image_sizes, match="image_sizes"),),

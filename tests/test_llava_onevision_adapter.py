@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import IMAGE_TOKEN_ID, VOCAB, left_pad, prompt_ids
+from tiny_models import IMAGE_TOKEN_ID, VOCAB, Words, left_pad, prompt_ids
 
 import prunekit
 from prunekit.adapters.attach import find_adapter
@@ -217,6 +217,12 @@ def contract_reference(model, inputs, results, options):
     return hand_built_prompt(model, inputs, features, kept, positions=positions)
 
 
+def contract_features(model, inputs, options):
+    """What the pruner must see: the model's own features per image, newlines included
+    (kept without being offered, see ``always_kept``)."""
+    return model_features(model, inputs)
+
+
 def without_image_sizes(inputs):
     return {k: v for k, v in inputs.items() if k != "image_sizes"}
 
@@ -235,6 +241,9 @@ CONTRACT_CASES = [
         build=tiny_onevision,
         inputs=contract_inputs,
         reference=contract_reference,
+        features=contract_features,
+        always_kept=newline_slots,
+        tokenizer=Words(),  # prompts read "red triangle ?", "blue circle", "square"
         n_prompts=len(CONTRACT_PROMPTS),
         variants=({"positions": "contiguous"}, {"positions": "original"}),
         budgets=(10, 0.3),

@@ -33,6 +33,7 @@ from test_qwen2_5_vl_adapter import (
     clone,
     kept_of,
 )
+from tiny_models import Words
 
 import prunekit
 from prunekit.adapters.attach import find_adapter
@@ -756,6 +757,27 @@ def contract_decode(model, prompt, generate_kwargs):
     )
 
 
+def contract_features(model, inputs, options):
+    """What the pruner must see: the model's own merged features, per image."""
+    output = model.model.get_image_features(
+        inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+    )
+    return list(output.pooler_output)
+
+
+#: prompt 0 reads "what red ball ? and", prompt 1 "blue box on table" (other nouns)
+CONTRACT_WORDS = {
+    9: "what",
+    10: "red",
+    11: "ball",
+    12: "?",
+    13: "and",
+    15: "blue",
+    16: "box",
+    17: "table",
+}
+
+
 def _without_types(inputs):
     return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
 
@@ -776,6 +798,8 @@ CONTRACT_CASES = [
         reference=contract_reference,
         decode=contract_decode,
         recompute=contract_decode,  # already a loop without KV cache
+        features=contract_features,
+        tokenizer=Words(CONTRACT_WORDS),
         variants=({"positions": "original"}, {"positions": "contiguous"}),
         budgets=(2, 0.5),
         full_budgets=(1.0, 10_000),

@@ -74,3 +74,21 @@ def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torc
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
     return ids, mask
+
+
+class Words:
+    """A tiny word-level tokenizer over the tiny vocabulary (``words``: id -> word; other ids
+    decode to nothing)."""
+
+    words = {7: "red", 8: "triangle", 9: "?", 10: "blue", 11: "circle", 12: "square", 13: "big"}
+
+    def __init__(self, words=None):
+        if words is not None:
+            self.words = dict(words)
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(self.words.get(i, "") for i in ids).strip()
+
+    def __call__(self, text, add_special_tokens=False):
+        inverse = {v: k for k, v in self.words.items()}
+        return {"input_ids": [inverse[w] for w in text.split() if w in inverse]}

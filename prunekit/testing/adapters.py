@@ -24,6 +24,12 @@ The contract, for every case:
   model's logits on that prompt at its real positions. Encoders: the outputs equal
   the reference outputs;
 * a ragged batch gives each prompt's output alone;
+* the pruner is given the model's own tokens at the pruning point (``case.features``,
+  computed without the adapter), and the recorded kept indices are the pruner's own
+  selection on them;
+* VLMs: with a text-conditioned pruner and ``case.tokenizer``, every image of the batch
+  is weighted by its own prompt's nouns: the text and relevance weights it gets in the
+  batch equal those it gets with its prompt alone;
 * VLMs: decoding with the KV cache equals decoding without it;
 * the model is bit-identical after the block, also when the block raises: parameters
   and buffers, instance attributes, hooks, the classes' attributes, the config, and
@@ -187,6 +193,21 @@ class AdapterCase:
         tolerance: ``torch.testing.assert_close`` keyword arguments for comparisons of
             floating outputs with the reference and across batch layouts; ``None``
             compares exactly. Full-budget and restored outputs are always compared exactly.
+        features: ``(model, inputs, options) -> per pruned row`` (an image, a tile, a
+            frame, in placeholder order; encoders: an image) the ``(n_i, d)`` tokens the
+            pruner must be given, computed from the model's own functions without the
+            adapter: VLMs, the model's own image features at the pruning point; encoders,
+            the patch tokens entering block ``options["layer"]``. The pruner-input check
+            compares what the pruner got with them and the kept indices with the pruner's
+            own selection on them (skipped when ``None``).
+        always_kept: ``(model, features_i) -> rows`` of a pruned row that the adapter
+            keeps without offering them to the pruner (e.g. LLaVA-NeXT's row newlines);
+            ``None``: every row is a candidate.
+        tokenizer: VLMs: a tokenizer (``decode`` and ``__call__``, see
+            :func:`prunekit.text.embed.embed_prompt_nouns`) that reads the case's
+            prompts as words with different nouns. The text check then prunes with a
+            text-conditioned pruner and compares each prompt's text and relevance
+            weights in the batch with those of the prompt alone (skipped when ``None``).
     """
 
     family: str
@@ -207,6 +228,9 @@ class AdapterCase:
     n_prompts: int = 2
     generate_kwargs: Mapping[str, Any] = field(default_factory=lambda: dict(GENERATE_KWARGS))
     tolerance: Mapping[str, Any] | None = None
+    features: Callable[..., Sequence[torch.Tensor]] | None = None
+    always_kept: Callable[[torch.nn.Module, torch.Tensor], Sequence[int]] | None = None
+    tokenizer: Any = None
     _model: torch.nn.Module | None = field(default=None, init=False, repr=False, compare=False)
     _pristine: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -694,6 +718,164 @@ def _check_kv_cache(case: AdapterCase, budget: Budget, variant: Mapping[str, Any
     _compare(cached[:, inputs["input_ids"].shape[1] :], expected, what, None)
 
 
+def _record_pruner_calls(handle: Any) -> list[dict[str, Any]]:
+    """Record every call the adapter makes to ``handle.prune`` (the inputs the pruner is
+    given, and its result), for the rest of the attach block."""
+    calls: list[dict[str, Any]] = []
+    prune = handle.prune
+
+    def record(tokens: torch.Tensor, **kwargs: Any) -> PruneResult:
+        result = prune(tokens, **kwargs)
+        calls.append({**kwargs, "tokens": tokens.detach(), "result": result})
+        return result
+
+    handle.prune = record  # an instance attribute: the handle is dropped after the block
+    return calls
+
+
+def _own_batch(
+    case: AdapterCase, features: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``features`` zero-padded into ``(B, n_max, d)`` and the mask of the pruner's candidates
+    (real rows that ``case.always_kept`` does not name)."""
+    n_max = max(f.shape[0] for f in features)
+    tokens = features[0].new_zeros(len(features), n_max, features[0].shape[-1])
+    mask = torch.zeros(len(features), n_max, dtype=torch.bool, device=tokens.device)
+    for i, f in enumerate(features):
+        tokens[i, : f.shape[0]] = f
+        mask[i, : f.shape[0]] = True
+        if case.always_kept is not None:
+            fixed = [int(j) for j in case.always_kept(case.model(), f)]
+            mask[i, fixed] = False
+    return tokens, mask
+
+
+def _check_pruner_input(case: AdapterCase, budget: Budget, variant: Mapping[str, Any]) -> None:
+    """The pruner gets the model's own tokens at the pruning point (``case.features``), and
+    the kept indices are its own selection on them."""
+    model = case.model()
+    inputs = _all_prompts(case)
+    options = {**case.options, **variant}
+    what = f"budget {budget!r}, options {options}"
+    with case.attach(budget, **variant) as handle:
+        calls = _record_pruner_calls(handle)
+        _run_all(case, inputs)
+    _expect(calls, f"{what}: the pruner was never called")
+    with torch.no_grad():
+        features = [f.detach() for f in case.features(model, _clone(inputs), options)]
+    tokens, candidates = _own_batch(case, features)
+    for k, call in enumerate(calls):
+        got, result = call["tokens"], call["result"]
+        where = f"{what}, pruner call {k}"
+        _expect(
+            got.shape[0] == len(features) and got.shape[1] >= tokens.shape[1],
+            f"{where}: the pruner got tokens {tuple(got.shape)} for {len(features)} rows of "
+            f"{[f.shape[0] for f in features]} tokens",
+        )
+        for i, f in enumerate(features):
+            _compare(
+                got[i, : f.shape[0]],
+                f.to(got.device, got.dtype),
+                f"{where}: row {i}, the tokens the pruner got vs the model's own",
+                case.tolerance,
+            )
+        given_mask = call.get("token_mask")
+        if given_mask is None:
+            given_mask = torch.ones(got.shape[:2], dtype=torch.bool, device=got.device)
+        _compare(
+            given_mask[:, : tokens.shape[1]].cpu(),
+            candidates.cpu(),
+            f"{where}: the pruner's token_mask vs the candidates",
+            None,
+        )
+        _expect(
+            not bool(given_mask[:, tokens.shape[1] :].any()),
+            f"{where}: the token_mask offers padding past every row's last token",
+        )
+        own = handle.pruner.prune(
+            tokens,
+            budget=call.get("budget") or budget,
+            text_embeds=call.get("text_embeds"),
+            text_mask=call.get("text_mask"),
+            token_mask=candidates,
+            signals=call.get("signals"),
+        )
+        _compare(
+            result.indices.cpu(),
+            own.indices.cpu(),
+            f"{where}: the kept indices vs the pruner's own selection on the model's tokens",
+            None,
+        )
+
+
+def _check_text(case: AdapterCase) -> None:
+    """Every image of the batch is weighted by its own prompt's nouns, as with its prompt alone."""
+    model = case.model()
+    # text-conditioned and deterministic; the mean over the nouns lets every noun count
+    pruner = prunekit.create_pruner("resprune", alpha=4.0, aggregation="mean")
+    budget = case.budgets[0]
+
+    def text_call(which: Sequence[int]) -> dict[str, Any]:
+        inputs = case.inputs(model, list(which))
+        with prunekit.attach(
+            model, pruner, budget=budget, tokenizer=case.tokenizer, **case.options
+        ) as handle:
+            calls = _record_pruner_calls(handle)
+            _forward_logits(case, inputs)
+        _expect(len(calls) == 1, f"prompts {list(which)}: {len(calls)} pruner calls, not 1")
+        _expect(
+            calls[0].get("text_embeds") is not None and calls[0].get("text_mask") is not None,
+            f"prompts {list(which)}: the pruner got no text although attach got a tokenizer",
+        )
+        return calls[0]
+
+    def text(call: dict[str, Any], row: int) -> torch.Tensor:
+        return call["text_embeds"][row][call["text_mask"][row]]
+
+    together = text_call(range(case.n_prompts))
+    alone = [text_call([b]) for b in range(case.n_prompts)]
+    row = 0
+    for b, single in enumerate(alone):
+        for j in range(single["tokens"].shape[0]):
+            where = f"prompt {b}, its row {j} (row {row + j} of the batch)"
+            _compare(
+                text(together, row + j),
+                text(single, j),
+                f"{where}: the text the pruner got in the batch vs with the prompt alone",
+                None,
+            )
+            n = int(single["result"].valid_counts[j])
+            _compare(  # assert_close's defaults: the vision tower ran on another batch
+                together["result"].scores[row + j, :n],
+                single["result"].scores[j, :n],
+                f"{where}: relevance weights in the batch vs with the prompt alone",
+                {},
+            )
+        row += single["tokens"].shape[0]
+    _expect(
+        row == together["tokens"].shape[0],
+        f"the batch has {together['tokens'].shape[0]} pruned rows, its prompts alone {row}",
+    )
+    # the check can fail: the prompts' nouns differ and change the weights
+    first, second = alone[0], alone[1]
+    _expect(
+        text(first, 0).shape != text(second, 0).shape
+        or not torch.equal(text(first, 0), text(second, 0)),
+        "prompts 0 and 1 give the same text: the tokenizer must read different nouns",
+    )
+    swapped = pruner.prune(
+        second["tokens"][:1],
+        budget=budget,
+        text_embeds=first["text_embeds"][:1],
+        text_mask=first["text_mask"][:1],
+        token_mask=None if second.get("token_mask") is None else second["token_mask"][:1],
+    )
+    _expect(
+        not torch.allclose(swapped.scores, second["result"].scores[:1]),
+        "prompt 1's image gets the same weights from prompt 0's text as from its own",
+    )
+
+
 def _run_all(case: AdapterCase, inputs: Mapping[str, Any]) -> tuple:
     """Every output the restore check compares (VLMs: generate tokens and forward logits)."""
     if case.kind == "vlm":
@@ -763,6 +945,12 @@ def _skip_reason(case: AdapterCase, check: str) -> str | None:
         return "encoders have no generate, so no KV cache"
     if case.kind == "encoder" and check == "forward":
         return "encoders: the reference check already compares the forward outputs"
+    if check == "pruner_input" and case.features is None:
+        return "the case gives no features (AdapterCase.features)"
+    if case.kind == "encoder" and check == "text":
+        return "encoders take text as attach options (text_embeds=, texts=), not from a prompt"
+    if check == "text" and case.tokenizer is None:
+        return "the case gives no tokenizer (AdapterCase.tokenizer)"
     return None
 
 
@@ -803,6 +991,16 @@ def _checks(case: AdapterCase) -> list[tuple[str, str, Callable[[], None]]]:
         for b in case.budgets
         for v in case.variants
     ]
+    checks += [
+        (
+            "pruner_input",
+            f"pruner input, budget {b!r}, {dict(v)}",
+            lambda b=b, v=v: _check_pruner_input(case, b, v),
+        )
+        for b in case.budgets
+        for v in case.variants
+    ]
+    checks += [("text", "each prompt's own text", lambda: _check_text(case))]
     checks += [("restored", "model restored", lambda: _check_restored(case))]
     checks += [
         ("refusal", f"refusal ({_refusal_label(r)})", lambda r=r: _check_refusal(case, r))
@@ -819,6 +1017,8 @@ CHECKS: tuple[str, ...] = (
     "forward",
     "batch",
     "kv_cache",
+    "pruner_input",
+    "text",
     "restored",
     "refusal",
 )
@@ -964,6 +1164,19 @@ class AdapterContract:
         """VLMs: pruned ``generate`` with the KV cache equals it without."""
         self._skip(adapter_case, "kv_cache")
         _check_kv_cache(adapter_case, budget, variant)
+
+    def test_pruner_gets_the_models_own_tokens(
+        self, adapter_case: AdapterCase, budget: Budget, variant: Mapping[str, Any]
+    ) -> None:
+        """The pruner is given the model's own tokens at the pruning point, and the kept
+        indices are its own selection on them."""
+        self._skip(adapter_case, "pruner_input")
+        _check_pruner_input(adapter_case, budget, variant)
+
+    def test_each_prompt_gets_its_own_text(self, adapter_case: AdapterCase) -> None:
+        """VLMs: each image of a batch is weighted by its own prompt's nouns, as alone."""
+        self._skip(adapter_case, "text")
+        _check_text(adapter_case)
 
     def test_model_is_restored_after_the_block_and_on_error(
         self, adapter_case: AdapterCase
