@@ -9,8 +9,10 @@
   token sits). The layout comes from the family's adapter (:func:`token_layouts`: crops,
   tiles, a dynamic-resolution grid, video frames as a strip), so the geometry lives in the
   adapters and this one renderer draws them all; :func:`result_pictures` draws every image
-  of a pruned call from ``handle.results``. :func:`llava_next_layout` and
-  :func:`internvl_layout` are the same for one image given by its size, no model needed;
+  of a pruned call from ``handle.results``. For one image given by its size, no model
+  needed, the family modules give its layout (e.g.
+  :func:`prunekit.adapters.llava_next.image_layout`,
+  :func:`prunekit.adapters.internvl.image_layout`);
 * :func:`tile_layout`: several tiles, each with its own patch grid and kept mask, on a grid
   of panels;
 * :func:`side_by_side`: what several pruners keep on the same image, one titled panel each.
@@ -57,15 +59,6 @@ PANEL_GAP = 8
 #: colour of grid cells that are no token at all (e.g. LLaVA-NeXT padding removed by unpadding)
 ABSENT_COLOR: Color = (200, 200, 200)
 BACKGROUND: Color = (255, 255, 255)
-
-#: LLaVA-1.6's ``image_grid_pinpoints`` ((height, width) canvases of 336 px crops)
-LLAVA_NEXT_PINPOINTS: list[list[int]] = [
-    [336, 672],
-    [672, 336],
-    [672, 672],
-    [1008, 336],
-    [336, 1008],
-]
 
 # matplotlib's viridis at 0, 1/8, ..., 1: the colour map used when matplotlib is absent
 _VIRIDIS = np.array(
@@ -565,6 +558,18 @@ def _panel_view(picture: Image.Image, panel: Any) -> Image.Image:
     return view if panel.box is None else view.crop(panel.box)
 
 
+def _tokens_of(layout: Any) -> str:
+    """``"the layout has 2144 tokens (576 in base view, 1536 in 2 x 2 crops, 32 drawn
+    nowhere)"``: what a mask or score vector of the layout must cover."""
+    counts = np.zeros(len(layout.groups), dtype=np.int64)
+    for panel in layout.panels:
+        counts[panel.group] += int((panel.tokens >= 0).sum())
+    parts = [f"{n} in {title}" for n, title in zip(counts.tolist(), layout.groups) if n]
+    if layout.length > counts.sum():
+        parts.append(f"{layout.length - int(counts.sum())} drawn nowhere")
+    return f"the layout has {layout.length} tokens ({', '.join(parts)})"
+
+
 def layout_picture(
     pictures: ImageLike | Sequence[ImageLike],
     layout: Any,
@@ -584,7 +589,9 @@ def layout_picture(
     """The kept tokens of one image or video drawn over it, laid out as the model sees it.
 
     ``layout`` is a :class:`~prunekit.adapters.layout.TokenLayout`, from the model's adapter
-    (:func:`token_layouts`) or a family's layout function, so this one renderer draws
+    (:func:`token_layouts`) or a family's layout of one image given by its size
+    (:func:`prunekit.adapters.llava_next.image_layout`,
+    :func:`prunekit.adapters.internvl.image_layout`), so this one renderer draws
     every family: a base view and its crops, tiles and a thumbnail, a dynamic-resolution
     grid, a video's frames as a strip. Every group of panels gets a title bar
     ``"<group>: <kept>/<tokens> kept"``; groups stand side by side, top-aligned.
@@ -615,7 +622,7 @@ def layout_picture(
         raise ValueError(
             f"the layout draws on {layout.num_pictures} pictures (frames), got {len(frames)}"
         )
-    what = f"the layout has {layout.length} tokens"
+    what = _tokens_of(layout)
     keep = _flat_mask(mask, layout.length, what)
     score = _flat_scores(scores, layout.length, what)
     scale = _score_range(score)
@@ -717,193 +724,6 @@ def result_pictures(
         layout_picture(p, layout, m, scores=s, **kwargs)
         for p, layout, m, s in zip(pictures, layouts, masks, scores)
     ]
-
-
-def llava_next_token_cells(image_size: tuple[int, int], crop_grid: Grid, side: int) -> np.ndarray:
-    """Where each token of LLaVA-NeXT's packed sequence of one image comes from.
-
-    The sequence is the base view's ``side x side`` tokens (row-major), then the crops
-    stitched into one ``(crop_rows * side) x (crop_cols * side)`` grid, unpadded to the
-    image's aspect ratio by ``transformers``' own ``unpad_image``, row-major with one
-    newline token after each row (:func:`prunekit.adapters.llava_next.anyres_layout`).
-
-    Args:
-        image_size: ``(height, width)`` of the image as the model got it (``image_sizes``).
-        crop_grid: ``(crop_rows, crop_cols)`` of the crop grid.
-        side: patches per crop side (``vision image_size // patch_size``, 24 for LLaVA-1.6).
-
-    Returns:
-        ``(L, 3)`` int64 ``(view, row, col)`` per token: view 0 is the base view,
-        view ``1 + i`` the crop ``i`` (row-major over the crop grid), ``row`` / ``col``
-        the patch inside that view; newline tokens are ``(-1, -1, -1)``.
-    """
-    from prunekit.adapters.llava_next import anyres_layout
-
-    return anyres_layout(image_size, crop_grid, side, crop_px=side).cells()
-
-
-def llava_next_layout(
-    image: ImageLike,
-    mask: torch.Tensor,
-    *,
-    image_size: tuple[int, int] | None = None,
-    crop_grid: Grid | None = None,
-    grid_pinpoints: Sequence[Sequence[int]] = LLAVA_NEXT_PINPOINTS,
-    crop_px: int = 336,
-    patch_px: int = 14,
-    scores: torch.Tensor | None = None,
-    tile_size: int = 224,
-    gap: int = TILE_GAP,
-    group_gap: int = GROUP_GAP,
-    title_height: int = TITLE_HEIGHT,
-    dim: float = 0.25,
-    outline: Color | None = (255, 200, 0),
-    cmap: str = "viridis",
-    save: str | Path | None = None,
-) -> Image.Image:
-    """LLaVA-NeXT's view of an image with the kept tokens: the base view, then the crop grid.
-
-    ``mask`` is one row of :attr:`PruneResult.mask` from ``prunekit.attach`` on a
-    LLaVA-NeXT model: the image's packed sequence (base view, then the unpadded crop grid
-    with a newline token per row, see :func:`llava_next_token_cells`), optionally
-    followed by batch padding. Newline tokens are always kept and are not drawn. The crops
-    show the processor's canvas (the image resized into the best pinpoint resolution,
-    keeping its aspect ratio, and centred on black padding); grid cells the model removed
-    when unpadding carry no token and are drawn in :data:`ABSENT_COLOR`. The geometry is
-    :func:`prunekit.adapters.llava_next.anyres_layout`'s, drawn by :func:`layout_picture`.
-
-    Args:
-        image: the picture given to the processor.
-        image_size: ``(height, width)`` the model got in ``image_sizes`` (default: the
-            picture's own size).
-        crop_grid: ``(crop_rows, crop_cols)``; default: from ``grid_pinpoints`` (the
-            model's ``config.image_grid_pinpoints``) as the model computes it.
-        crop_px / patch_px: crop and patch side of the vision tower (336 / 14 for LLaVA-1.6).
-        scores: optional per-token scores of the same row: heatmaps instead of dimming.
-
-    Size, with ``s = tile_size``, ``g = gap``, ``G = group_gap``, ``t = title_height``
-    and a ``R x C`` crop grid: ``(s + G + C * s + (C - 1) * g) x
-    (t + max(s, R * s + (R - 1) * g))``.
-    """
-    from prunekit.adapters.llava_next import anyres_layout, crop_grid_shape
-
-    picture = _as_image(image)
-    if image_size is None:
-        image_size = (picture.height, picture.width)
-    side = crop_px // patch_px
-    if crop_grid is None:
-        crop_grid = crop_grid_shape(image_size, grid_pinpoints, crop_px)
-    layout = anyres_layout(image_size, crop_grid, side, crop_px)
-    n_crop = sum(int((p.tokens >= 0).sum()) for p in layout.panels[1:])
-    n_newlines = layout.length - side * side - n_crop
-    what = (
-        f"a {image_size[0]} x {image_size[1]} LLaVA-NeXT image with {crop_grid[0]} x "
-        f"{crop_grid[1]} crops of {side} x {side} patches has {layout.length} tokens "
-        f"({side * side} base + {n_crop} crop tokens + {n_newlines} newlines)"
-    )
-    keep = _flat_mask(mask, layout.length, what)
-    score = _flat_scores(scores, layout.length, what)
-    return layout_picture(
-        picture,
-        layout,
-        keep,
-        scores=score,
-        tile_size=tile_size,
-        gap=gap,
-        group_gap=group_gap,
-        title_height=title_height,
-        dim=dim,
-        outline=outline,
-        cmap=cmap,
-        save=save,
-    )
-
-
-def internvl_tile_grid(
-    image_size: tuple[int, int], *, min_tiles: int = 1, max_tiles: int = 12, tile_px: int = 448
-) -> Grid:
-    """``(rows, cols)`` of the tiles InternVL's processor cuts an image of ``(height, width)``
-    into (``transformers``' ``get_optimal_tiled_canvas``; the thumbnail is extra); see
-    :func:`prunekit.adapters.internvl.tile_grid`."""
-    from prunekit.adapters.internvl import tile_grid
-
-    return tile_grid(image_size, min_tiles=min_tiles, max_tiles=max_tiles, tile_px=tile_px)
-
-
-def internvl_layout(
-    image: ImageLike,
-    mask: torch.Tensor,
-    *,
-    tile_grid: Grid | None = None,
-    tokens_per_tile: int = 256,
-    min_tiles: int = 1,
-    max_tiles: int = 12,
-    tile_px: int = 448,
-    scores: torch.Tensor | None = None,
-    tile_size: int = 224,
-    gap: int = TILE_GAP,
-    group_gap: int = GROUP_GAP,
-    title_height: int = TITLE_HEIGHT,
-    dim: float = 0.25,
-    outline: Color | None = (255, 200, 0),
-    cmap: str = "viridis",
-    save: str | Path | None = None,
-) -> Image.Image:
-    """InternVL's view of an image with the kept tokens: the tile grid, then the thumbnail.
-
-    ``mask`` holds the image's ``k * T`` tokens tile-major (token ``j`` of tile ``t`` is
-    index ``t * T + j``, ``T = tokens_per_tile``): one row of :attr:`PruneResult.mask`
-    with ``budget_scope="image"`` (batch padding after it is allowed), or the ``k`` rows
-    of ``budget_scope="tile"`` as a ``(k, T)`` tensor. Within a tile, the tokens are
-    row-major on the ``sqrt(T) x sqrt(T)`` grid left by pixel shuffle (16 x 16 tokens of
-    28 px on a 448 px tile). The tiles are the image resized to ``cols x rows`` tiles
-    (aspect ratio not kept), row-major; with several tiles the last one is the thumbnail
-    (the whole image in one tile). The geometry is
-    :func:`prunekit.adapters.internvl.tiled_layout`'s, drawn by :func:`layout_picture`.
-
-    Args:
-        tile_grid: ``(rows, cols)`` of the tiles; default: :func:`internvl_tile_grid`
-            of the picture's size with ``min_tiles`` / ``max_tiles`` (the processor's
-            ``min_patches`` / ``max_patches``).
-
-    Size, with ``s = tile_size``, ``g = gap``, ``G = group_gap``, ``t = title_height``
-    and ``R x C`` tiles: ``(C * s + (C - 1) * g + (G + s if R * C > 1 else 0)) x
-    (t + max(R * s + (R - 1) * g, s))``.
-    """
-    from prunekit.adapters.internvl import tiled_layout
-
-    picture = _as_image(image)
-    if tile_grid is None:
-        tile_grid = internvl_tile_grid(
-            (picture.height, picture.width),
-            min_tiles=min_tiles,
-            max_tiles=max_tiles,
-            tile_px=tile_px,
-        )
-    rows, cols = int(tile_grid[0]), int(tile_grid[1])
-    layout = tiled_layout((rows, cols), tokens_per_tile, tile_px)
-    n_tiles = layout.length // tokens_per_tile
-    what = (
-        f"an InternVL image of {rows} x {cols} tiles"
-        f"{' + thumbnail' if n_tiles > 1 else ''} has {n_tiles} x {tokens_per_tile} = "
-        f"{layout.length} tokens"
-    )
-    keep = _flat_mask(mask, layout.length, what)
-    score = _flat_scores(scores, layout.length, what)
-    return layout_picture(
-        picture,
-        layout,
-        keep,
-        scores=score,
-        tile_size=tile_size,
-        gap=gap,
-        group_gap=group_gap,
-        title_height=title_height,
-        dim=dim,
-        outline=outline,
-        cmap=cmap,
-        save=save,
-    )
 
 
 # --------------------------------------------------------------------------- comparison
@@ -1009,19 +829,14 @@ __all__ = [
     "ABSENT_COLOR",
     "COLORBAR_WIDTH",
     "GROUP_GAP",
-    "LLAVA_NEXT_PINPOINTS",
     "PANEL_GAP",
     "STRIP_HEIGHT",
     "STRIP_RAMP",
     "TILE_GAP",
     "TITLE_HEIGHT",
     "colormap",
-    "internvl_layout",
-    "internvl_tile_grid",
     "kept_overlay",
     "layout_picture",
-    "llava_next_layout",
-    "llava_next_token_cells",
     "relevance_heatmap",
     "result_pictures",
     "side_by_side",

@@ -638,9 +638,7 @@ def test_onevision_layouts_are_the_models_feature_counts():
     assert [len(x.panels) for x in layouts] == [2, 1, 1]  # image 0 alone: crops (shrunk)
 
 
-def test_internvl_adapter_layouts():
-    from prunekit.adapters.internvl import InternVLAdapter, tiled_layout
-
+def tiny_internvl():
     pytest.importorskip("transformers.models.internvl")
     vision = transformers.InternVLVisionConfig(
         hidden_size=16,
@@ -659,7 +657,13 @@ def test_internvl_adapter_layouts():
         num_key_value_heads=1,
     )
     config = transformers.InternVLConfig(vision_config=vision, text_config=text, image_token_id=3)
-    model = transformers.InternVLForConditionalGeneration(config).eval()
+    return transformers.InternVLForConditionalGeneration(config).eval()
+
+
+def test_internvl_adapter_layouts():
+    from prunekit.adapters.internvl import InternVLAdapter, tiled_layout
+
+    model = tiny_internvl()
     # 2 x 2 tokens per 32 px tile; image 0: 1 tile; image 1: 2 x 3 tiles + thumbnail
     ids = torch.tensor([[1, 9] + [3] * 4 + [10, 11] + [3] * 28 + [12]])
     adapter = InternVLAdapter(model, budget_scope="tile")
@@ -756,14 +760,72 @@ def test_families_without_layout_say_so():
         Plain(torch.nn.Linear(1, 1)).token_layouts({})
 
 
-def test_tile_helpers_are_unchanged_wrappers():
-    from prunekit import viz
-    from prunekit.adapters.llava_next import anyres_layout
+def test_size_based_layouts_default_to_the_released_models():
+    """With no config given: LLaVA-1.6 (336 px crops of 14 px patches, its pinpoints) and
+    InternVL3 (448 px tiles of 256 tokens, 1 to 12 tiles)."""
+    from prunekit.adapters import internvl, llava_next
 
-    assert viz.internvl_tile_grid((400, 600)) == (2, 3)
-    cells = viz.llava_next_token_cells((400, 600), (2, 2), 24)
-    assert (cells == anyres_layout((400, 600), (2, 2), 24, 336).cells()).all()
+    assert internvl.tile_grid((400, 600)) == (2, 3)
+    cells = llava_next.image_layout((400, 600)).cells()
+    assert (cells == llava_next.anyres_layout((400, 600), (2, 2), 24, 336).cells()).all()
+    tiles = internvl.image_layout((400, 600))
+    assert same_layout(tiles, internvl.tiled_layout((2, 3), 256, 448))
+    assert internvl.image_layout((30, 30)).length == 256  # one tile, no thumbnail
+    with pytest.raises(ValueError, match="image_size or grid"):
+        internvl.image_layout(None)
+    with pytest.raises(ValueError, match="crop_px >= patch_px"):
+        llava_next.image_layout((400, 600), crop_px=8, patch_px=14)
     assert TILE_GAP > 0
+
+
+def same_layout(a: TokenLayout, b: TokenLayout) -> bool:
+    """Field by field (panels hold arrays, so dataclass equality cannot compare them)."""
+    fields = ("picture", "resize", "canvas", "box", "group", "cell")
+    return (a.length, a.groups, a.rows, len(a.panels)) == (
+        b.length,
+        b.groups,
+        b.rows,
+        len(b.panels),
+    ) and all(
+        np.array_equal(p.tokens, q.tokens) and all(getattr(p, f) == getattr(q, f) for f in fields)
+        for p, q in zip(a.panels, b.panels)
+    )
+
+
+def test_adapter_and_size_based_layouts_agree():
+    """One derivation per family: a tiny model's adapter gives, image by image, exactly the
+    layout the size-based function gives with the model's numbers."""
+    from prunekit.adapters import internvl, llava_next
+
+    sizes = [(40, 20), (30, 30), (64, 64), (20, 70), (33, 61)]
+    adapter = llava_next.LlavaNextAdapter(tiny_next())
+    layouts = adapter.token_layouts({"image_sizes": torch.tensor(sizes)})
+    assert len(layouts) == len(sizes)
+    for size, layout in zip(sizes, layouts):
+        expected = llava_next.image_layout(size, grid_pinpoints=PINPOINTS, crop_px=32, patch_px=8)
+        assert same_layout(layout, expected)
+    assert {len(x.panels) for x in layouts} == {2, 3, 5}  # 1 x 1, 1 x 2 / 2 x 1, 2 x 2 crops
+
+    model = tiny_internvl()
+    sizes = [(30, 30), (64, 96), (96, 32)]  # 1 tile; 2 x 3 + thumbnail; 3 x 1 + thumbnail
+    per_image = [
+        internvl.image_layout(s, tokens_per_tile=4, max_tiles=6, tile_px=32) for s in sizes
+    ]
+    assert [x.length // 4 for x in per_image] == [1, 7, 4]
+    ids = [1]
+    for x in per_image:
+        ids += [9] + [3] * x.length + [10]
+    for scope in ("image", "tile"):
+        adapter = internvl.InternVLAdapter(model, budget_scope=scope)
+        layouts = adapter.token_layouts(
+            {"input_ids": torch.tensor([ids])}, image_sizes=sizes, max_tiles=6
+        )
+        for layout, size in zip(layouts, sizes):
+            expected = internvl.image_layout(
+                size, tokens_per_tile=4, max_tiles=6, tile_px=32, rows_per_tile=scope == "tile"
+            )
+            assert same_layout(layout, expected)
+        assert [x.rows for x in layouts] == ([1, 1, 1] if scope == "image" else [1, 7, 4])
 
 
 # --------------------------------------------------------------------------- prunekit viz --model

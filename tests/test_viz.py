@@ -13,6 +13,7 @@ from PIL import Image
 
 import prunekit
 from prunekit import viz
+from prunekit.adapters import internvl, llava_next
 from prunekit.viz import (
     ABSENT_COLOR,
     COLORBAR_WIDTH,
@@ -21,10 +22,8 @@ from prunekit.viz import (
     TILE_GAP,
     TITLE_HEIGHT,
     colormap,
-    internvl_layout,
     kept_overlay,
-    llava_next_layout,
-    llava_next_token_cells,
+    layout_picture,
     relevance_heatmap,
     side_by_side,
     tile_layout,
@@ -179,7 +178,10 @@ def test_llava_next_cells_are_the_models_packing(tiny_next, size):
         image_newline=torch.zeros(3),
     )
     expected = packed[0].long().numpy() - 1  # newline: (-1, -1, -1)
-    assert (llava_next_token_cells(size, crop_grid, side) == expected).all()
+    layout = llava_next.image_layout(size, grid_pinpoints=PINPOINTS, crop_px=32, patch_px=8)
+    assert (layout.cells() == expected).all()
+    given = llava_next.image_layout(size, crop_grid=crop_grid, crop_px=32, patch_px=8)
+    assert (given.cells() == expected).all()  # the crop grid given instead of derived
 
 
 def test_llava_next_layout_draws_attach_results(tiny_next):
@@ -201,13 +203,11 @@ def test_llava_next_layout_draws_attach_results(tiny_next):
     green = np.zeros((30, 30, 3), dtype=np.uint8)
     green[..., 1] = 255
     for b, size in enumerate(sizes):
-        out = llava_next_layout(
+        layout = llava_next.image_layout(size, grid_pinpoints=PINPOINTS, crop_px=32, patch_px=8)
+        out = layout_picture(
             green,
+            layout,
             result.mask[b],  # padded to the batch's longest image
-            image_size=size,
-            grid_pinpoints=PINPOINTS,
-            crop_px=32,
-            patch_px=8,
             tile_size=32,  # 8 px per token
             title_height=0,
             dim=0.0,
@@ -215,7 +215,8 @@ def test_llava_next_layout_draws_attach_results(tiny_next):
         )
         pixels = np.asarray(out)
         crop_rows, crop_cols = get_anyres_image_grid_shape(list(size), PINPOINTS, 32)
-        cells = llava_next_token_cells(size, (crop_rows, crop_cols), 4)
+        cells = layout.cells()
+        assert len(layout.panels) == 1 + crop_rows * crop_cols
         step = 32 + TILE_GAP
         drawn = set()  # (view, row, col) of every green cell centre
         for view in range(1 + crop_rows * crop_cols):
@@ -232,7 +233,8 @@ def test_llava_next_layout_draws_attach_results(tiny_next):
 
 def test_llava_next_layout_size_and_pixels():
     image = np.full((400, 600, 3), 200, dtype=np.uint8)  # 672 x 672 canvas, 8 padding rows
-    cells = llava_next_token_cells((400, 600), (2, 2), 24)
+    layout = llava_next.image_layout((400, 600))  # LLaVA-1.6: 2 x 2 crops of 24 x 24
+    cells = layout.cells()
     assert len(cells) == 576 + 32 * 48 + 32
     keep = torch.zeros(len(cells) + 10, dtype=torch.bool)  # + batch padding
     keep[:576:2] = True  # every other base token
@@ -240,7 +242,7 @@ def test_llava_next_layout_size_and_pixels():
     keep[first_crop[0]] = True  # crop 0, cell (8, 0): the first row left by unpadding
     assert tuple(cells[first_crop[0]]) == (1, 8, 0)
     s, g, gg, t = 96, TILE_GAP, GROUP_GAP, TITLE_HEIGHT
-    out = llava_next_layout(image, keep, tile_size=s, outline=None)
+    out = layout_picture(image, layout, keep, tile_size=s, outline=None)
     assert out.size == (s + gg + 2 * s + g, t + 2 * s + g)
     pixels = np.asarray(out).astype(int)
     cell = s / 24  # 4 px per patch
@@ -254,32 +256,42 @@ def test_llava_next_layout_size_and_pixels():
 
 
 def test_llava_next_layout_rejects_wrong_length():
-    with pytest.raises(ValueError, match=r"has 2144 tokens \(576 base \+ 1536 crop tokens"):
-        llava_next_layout(np.zeros((400, 600, 3), np.uint8), torch.ones(100, dtype=torch.bool))
+    image, layout = np.zeros((400, 600, 3), np.uint8), llava_next.image_layout((400, 600))
+    counts = r"has 2144 tokens \(576 in base view, 1536 in 2 x 2 crops, 32 drawn nowhere\)"
+    with pytest.raises(ValueError, match=counts):
+        layout_picture(image, layout, torch.ones(100, dtype=torch.bool))
     with pytest.raises(ValueError, match="got a mask of 2150"):  # a kept token past the end
-        llava_next_layout(np.zeros((400, 600, 3), np.uint8), torch.ones(2150, dtype=torch.bool))
+        layout_picture(image, layout, torch.ones(2150, dtype=torch.bool))
 
 
 def test_internvl_layout_sizes_and_tile_order():
     image = np.zeros((400, 600, 3), dtype=np.uint8)  # 2 x 3 tiles + thumbnail
-    assert viz.internvl_tile_grid((400, 600)) == (2, 3)
+    assert internvl.tile_grid((400, 600)) == (2, 3)
+    layout = internvl.image_layout((400, 600))
     tokens = 7 * 256
     keep = torch.zeros(7, 256, dtype=torch.bool)  # budget_scope="tile": one row per tile
     keep[4, 0] = True  # tile 4: row 1, column 1
     keep[6, 255] = True  # thumbnail, its last token
     s, g, gg, t = 64, TILE_GAP, GROUP_GAP, TITLE_HEIGHT
-    out = internvl_layout(image, keep, tile_size=s, outline=(255, 0, 0))
+    out = layout_picture(image, layout, keep, tile_size=s, outline=(255, 0, 0))
     assert out.size == (3 * s + 2 * g + gg + s, t + 2 * s + g)
     pixels = np.asarray(out)
     assert tuple(pixels[t + s + g, s + g]) == (255, 0, 0)  # top-left of tile (1, 1)
     assert tuple(pixels[t + s - 1, out.width - 1]) == (255, 0, 0)  # thumbnail, bottom right
     assert int((pixels == (255, 0, 0)).all(-1).sum()) == 2 * 4 * (s // 16 - 1)  # two outlines
-    flat = internvl_layout(image, keep.flatten(), tile_size=s, save=None)
+    flat = layout_picture(image, layout, keep.flatten(), tile_size=s, save=None)
     assert flat.size == out.size
-    single = internvl_layout(image, torch.ones(256), tile_grid=(1, 1), tile_size=s)
+    one_tile = internvl.image_layout((400, 600), grid=(1, 1))
+    single = layout_picture(image, one_tile, torch.ones(256), tile_size=s)
     assert single.size == (s, t + s)  # one tile, no thumbnail
-    with pytest.raises(ValueError, match=f"= {tokens} tokens"):
-        internvl_layout(image, torch.ones(300), tile_size=s)
+    with pytest.raises(ValueError, match=rf"has {tokens} tokens \(1536 in 2 x 3 tiles, 256 in"):
+        layout_picture(image, layout, torch.ones(300), tile_size=s)
+
+
+def test_viz_has_no_family_layouts():
+    """Family geometry lives in the family modules; viz only draws TokenLayouts."""
+    families = ("llava", "internvl", "qwen", "pinpoint")
+    assert [n for n in vars(viz) if any(f in n.lower() for f in families)] == []
 
 
 # --------------------------------------------------------------------------- side by side

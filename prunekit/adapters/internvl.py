@@ -126,7 +126,7 @@ class InternVLAdapter(PreLLMAdapter):
         **options: Any,
     ) -> list[TokenLayout]:
         """Per image (placeholder order): its tile grid, then the thumbnail (see
-        :func:`tiled_layout`); with ``budget_scope="tile"`` one result row per tile.
+        :func:`image_layout`); with ``budget_scope="tile"`` one result row per tile.
 
         The inputs give each image's number of tiles (its placeholder run), not their
         arrangement: ``image_sizes`` (``(height, width)`` of each picture given to the
@@ -145,25 +145,27 @@ class InternVLAdapter(PreLLMAdapter):
             if run % per_tile:
                 raise ValueError(f"a run of {run} image tokens is not whole tiles of {per_tile}")
             tiles = run // per_tile
-            if image_sizes is not None:
-                grid = tile_grid(
-                    image_sizes[i], min_tiles=min_tiles, max_tiles=max_tiles, tile_px=tile_px
-                )
-            elif tiles == 1:
-                grid = (1, 1)
-            else:
+            if image_sizes is None and tiles > 1:
                 raise ValueError(
                     f"image {i} has {tiles} tiles, whose arrangement its inputs do not give; pass "
                     "image_sizes=[(height, width), ...] of the pictures given to the processor"
                 )
-            if grid[0] * grid[1] + (grid[0] * grid[1] > 1) != tiles:
+            layout = image_layout(
+                None if image_sizes is None else image_sizes[i],
+                grid=(1, 1) if image_sizes is None else None,
+                tokens_per_tile=per_tile,
+                min_tiles=min_tiles,
+                max_tiles=max_tiles,
+                tile_px=tile_px,
+                rows_per_tile=self.budget_scope == "tile",
+            )
+            if layout.length != run:
                 raise ValueError(
-                    f"image {i}: a {grid[0]} x {grid[1]} tile grid does not match its {tiles} tiles "
+                    f"image {i}: its size gives {layout.length // per_tile} tiles "
+                    f"({' + '.join(layout.groups)}), which does not match its {tiles} tiles "
                     "(check image_sizes, min_tiles and max_tiles against the processor's)"
                 )
-            layouts.append(
-                tiled_layout(grid, per_tile, tile_px, rows_per_tile=self.budget_scope == "tile")
-            )
+            layouts.append(layout)
         return layouts
 
 
@@ -188,12 +190,58 @@ def tile_grid(
         except ImportError as exc:  # older transformers: no InternVL either
             raise ImportError(
                 "computing InternVL's tile grid needs transformers with GOT-OCR2 / InternVL "
-                "support; pass tile_grid=(rows, cols) instead"
+                "support; pass grid=(rows, cols) to image_layout instead"
             ) from exc
     cols, rows = get_optimal_tiled_canvas(
         (int(image_size[0]), int(image_size[1])), (tile_px, tile_px), min_tiles, max_tiles
     )
     return (int(rows), int(cols))
+
+
+def image_layout(
+    image_size: Sequence[int] | None,
+    *,
+    grid: Sequence[int] | None = None,
+    tokens_per_tile: int = 256,
+    min_tiles: int = 1,
+    max_tiles: int = 12,
+    tile_px: int = 448,
+    rows_per_tile: bool = False,
+) -> TokenLayout:
+    """The layout of one InternVL image of ``image_size = (height, width)``, no model needed:
+    its tile grid as the processor computes it (:func:`tile_grid`), then
+    :func:`tiled_layout`. The adapter's ``token_layouts`` calls this for every image of a
+    call, with the model's config.
+
+    Args:
+        image_size: ``(height, width)`` of the picture given to the processor (``None``
+            only with ``grid``).
+        grid: ``(rows, cols)`` of the tiles instead of the one the size gives.
+        tokens_per_tile: ``T``, tokens per tile after pixel shuffle (``image_seq_length``,
+            256 for InternVL3 at 448 px).
+        min_tiles / max_tiles: the processor's ``min_patches`` / ``max_patches``.
+        tile_px: the tile side in pixels (the vision tower's ``image_size``).
+        rows_per_tile: as :func:`tiled_layout` (``budget_scope="tile"``).
+
+    Draw an image's kept tokens with :func:`prunekit.viz.layout_picture` (``mask``: the
+    image's row of ``PruneResult.mask``, or its ``k`` rows with ``budget_scope="tile"``
+    as a ``(k, T)`` tensor); this replaces ``viz.internvl_layout(image, mask, ...)``,
+    which is now ``viz.layout_picture(image, image_layout((height, width), ...), mask)``:
+
+    >>> import numpy as np, torch
+    >>> from prunekit import viz
+    >>> layout = image_layout((400, 600))  # 2 x 3 tiles and a thumbnail, 256 tokens each
+    >>> layout.length, layout.groups
+    (1792, ('2 x 3 tiles', 'thumbnail'))
+    >>> picture = np.zeros((400, 600, 3), dtype=np.uint8)
+    >>> viz.layout_picture(picture, layout, torch.ones(7, 256), tile_size=64).size
+    (280, 152)
+    """
+    if grid is None:
+        if image_size is None:
+            raise ValueError("image_layout needs image_size or grid")
+        grid = tile_grid(image_size, min_tiles=min_tiles, max_tiles=max_tiles, tile_px=tile_px)
+    return tiled_layout(grid, tokens_per_tile, tile_px, rows_per_tile=rows_per_tile)
 
 
 def tiled_layout(

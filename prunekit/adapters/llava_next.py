@@ -103,6 +103,16 @@ class LlavaNextAdapter(PreLLMAdapter):
 
 # --------------------------------------------------------------------------- token layout
 
+#: LLaVA-1.6's ``image_grid_pinpoints`` ((height, width) canvases of 336 px crops), the
+#: default of :func:`image_layout`
+LLAVA_NEXT_PINPOINTS: tuple[tuple[int, int], ...] = (
+    (336, 672),
+    (672, 336),
+    (672, 672),
+    (1008, 336),
+    (336, 1008),
+)
+
 
 def crop_grid_shape(
     image_size: Sequence[int], grid_pinpoints: Any, crop_px: int
@@ -190,6 +200,55 @@ def anyres_layout(
     return TokenLayout(length, tuple(panels), ("base view", title))
 
 
+def image_layout(
+    image_size: Sequence[int],
+    *,
+    grid_pinpoints: Sequence[Sequence[int]] = LLAVA_NEXT_PINPOINTS,
+    crop_px: int = 336,
+    patch_px: int = 14,
+    crop_grid: Sequence[int] | None = None,
+    max_patches: int | None = None,
+    crops: bool = True,
+) -> TokenLayout:
+    """The layout of one any-resolution image of ``image_size = (height, width)``, no model
+    needed: its crop grid from ``grid_pinpoints`` as the model computes it
+    (:func:`crop_grid_shape`), then :func:`anyres_layout`. The adapter's
+    ``token_layouts`` calls this for every image of a call, with the model's config.
+
+    Args:
+        image_size: ``(height, width)`` the model gets in ``image_sizes`` (the picture
+            given to the processor).
+        grid_pinpoints: the model's ``config.image_grid_pinpoints`` (default LLaVA-1.6's).
+        crop_px / patch_px: crop and patch side of the vision tower (336 / 14 for
+            LLaVA-1.6: 24 x 24 tokens per crop).
+        crop_grid: ``(crop_rows, crop_cols)`` instead of the one ``grid_pinpoints`` gives.
+        max_patches / crops: as :func:`anyres_layout` (LLaVA-OneVision).
+
+    Draw an image's kept tokens with :func:`prunekit.viz.layout_picture` (``mask``: one
+    row of ``PruneResult.mask`` of the image, batch padding after it allowed); this
+    replaces ``viz.llava_next_layout(image, mask, image_size=size, ...)``, which is now
+    ``viz.layout_picture(image, image_layout(size, ...), mask)``:
+
+    >>> import numpy as np, torch
+    >>> from prunekit import viz
+    >>> layout = image_layout((400, 600))  # 2 x 2 crops of 24 x 24 tokens, unpadded
+    >>> layout.length, layout.groups
+    (2144, ('base view', '2 x 2 crops'))
+    >>> picture = np.zeros((400, 600, 3), dtype=np.uint8)
+    >>> viz.layout_picture(picture, layout, torch.ones(layout.length), tile_size=96).size
+    (308, 216)
+    """
+    crop_px, patch_px = int(crop_px), int(patch_px)
+    if patch_px < 1 or crop_px < patch_px:
+        raise ValueError(
+            f"need crop_px >= patch_px >= 1, got crop_px={crop_px}, patch_px={patch_px}"
+        )
+    if crop_grid is None:
+        crop_grid = crop_grid_shape(image_size, grid_pinpoints, crop_px)
+    side = crop_px // patch_px  # the tower's patch grid (a convolution's floor)
+    return anyres_layout(image_size, crop_grid, side, crop_px, max_patches=max_patches, crops=crops)
+
+
 def anyres_token_layouts(
     config: Any,
     inputs: Mapping[str, Any],
@@ -211,15 +270,14 @@ def anyres_token_layouts(
             "token layouts of any-resolution images assume views of patch tokens only; "
             "vision_feature_select_strategy='full' keeps the tower's [CLS] token"
         )
-    crop_px, side = int(vision.image_size), int(vision.image_size // vision.patch_size)
     sizes = torch.as_tensor(sizes).reshape(-1, 2).tolist()
     crops = [True] * len(sizes) if crops is None else list(crops)
     return [
-        anyres_layout(
+        image_layout(
             size,
-            crop_grid_shape(size, config.image_grid_pinpoints, crop_px),
-            side,
-            crop_px,
+            grid_pinpoints=config.image_grid_pinpoints,
+            crop_px=vision.image_size,
+            patch_px=vision.patch_size,
             max_patches=max_patches,
             crops=c,
         )
