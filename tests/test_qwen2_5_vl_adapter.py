@@ -14,8 +14,8 @@ import transformers
 
 import prunekit
 from prunekit.adapters.attach import find_adapter
-from prunekit.adapters.base import IN_LLM
 from prunekit.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+from prunekit.core.points import IN_LLM
 
 BOS, PAD = 1, 0
 IMAGE, VIDEO, VISION_START, VISION_END = 4, 5, 6, 7

@@ -181,3 +181,72 @@ def test_plugins_guide_shows_the_example_plugin_files_verbatim():
     assert sorted(shown) == sorted(f"plugins/prunekit-example/{f}" for f in files)
     for path, body in shown.items():
         assert body == (root / path).read_text(encoding="utf-8").strip("\n"), f"{path} differs"
+
+
+def test_a_pruner_declaring_an_unknown_pruning_point_is_refused():
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from prunekit.core.points import IN_LLM, PRE_LLM
+
+    @dataclass
+    class Misspelt(prunekit.TokenPruner):
+        name = "misspelt"
+        pruning_points: ClassVar[frozenset[str] | None] = frozenset({"pre-llm"})
+
+        def select(self, inputs, num_keep):  # pragma: no cover - never built
+            raise AssertionError
+
+    registry = Registry(load_plugins=False)
+    with pytest.raises(
+        ValueError, match=r"pruner 'misspelt' .* 'pre-llm'\. Did you mean 'pre_llm'"
+    ):
+        registry.add("pruner", Misspelt)
+
+    Misspelt.pruning_points = frozenset({PRE_LLM, IN_LLM})  # the constants register fine
+    registry.add("pruner", Misspelt)
+    assert registry.spec("pruner", "misspelt").factory is Misspelt
+
+
+def test_every_registered_pruner_declares_known_points():
+    from prunekit.core.points import PRUNING_POINTS
+
+    registry = prunekit.get_registry()
+    for name in registry.names("pruner"):
+        points = getattr(registry.spec("pruner", name).factory, "pruning_points", None)
+        assert points is None or set(points) <= PRUNING_POINTS, name
+
+
+def test_two_adapters_matching_one_model_is_an_error_naming_both(monkeypatch):
+    from tiny_models import tiny_llava
+
+    from prunekit.adapters import find_adapter
+    from prunekit.adapters.llava import LlavaAdapter
+
+    class Rival(LlavaAdapter):
+        family = "rival"
+        name = "rival_llava"
+
+    registry = prunekit.get_registry()
+    model = tiny_llava()
+    assert find_adapter(model) is LlavaAdapter
+    registry.add("adapter", Rival, plugin="rival_plugin")
+    try:
+        with pytest.raises(
+            TypeError,
+            match=r"2 adapters match .*'llava'.*'rival_llava' \(plugin 'rival_plugin'\).*adapter=NAME",
+        ):
+            find_adapter(model)
+    finally:
+        del registry._specs["adapter"]["rival_llava"]
+    assert find_adapter(model) is LlavaAdapter
+
+
+def test_the_registry_imports_nothing_above_it():
+    """The builtin components reach the registry from the package, not by an import by name."""
+    from prunekit.registry import registry as registry_module
+    from prunekit.registry.registry import BUILTIN_PLUGINS
+
+    source = Path(registry_module.__file__).read_text()
+    assert "prunekit.builtin" not in source.replace(":mod:`prunekit.builtin`", "")
+    assert [name for name, _ in BUILTIN_PLUGINS] == ["builtin"]

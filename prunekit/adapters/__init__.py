@@ -7,8 +7,9 @@ from prunekit.adapters.attach import (
     attach,
     find_adapter,
 )
-from prunekit.adapters.base import IN_ENCODER, IN_LLM, PRE_LLM, Adapter
+from prunekit.adapters.base import Adapter
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
+from prunekit.core.points import IN_ENCODER, IN_LLM, PRE_LLM
 
 __all__ = [
     "IN_ENCODER",

@@ -15,9 +15,6 @@ from torch.utils.hooks import RemovableHandle
 
 from prunekit import accounting
 from prunekit.adapters.base import (
-    IN_LLM,
-    PRE_LLM,
-    PRE_PROJECTOR,
     Adapter,
     AttributeOverride,
     Undo,
@@ -26,6 +23,7 @@ from prunekit.adapters.base import (
     undo_on_error,
 )
 from prunekit.core.budget import Budget, check_budget
+from prunekit.core.points import IN_LLM, PRE_LLM, PRE_PROJECTOR
 from prunekit.core.pruner import TokenPruner
 from prunekit.core.result import PruneResult
 
@@ -162,9 +160,15 @@ def find_adapter(model: object) -> type:
 
     registry = get_registry()
     specs = registry.specs("adapter")
-    for spec in specs:
-        if spec.factory.matches(model):
-            return spec.factory
+    matching = [spec for spec in specs if spec.factory.matches(model)]
+    if len(matching) == 1:
+        return matching[0].factory
+    if matching:  # never pick one silently: the families disagree about this model
+        names = ", ".join(f"{spec.name!r} (plugin {spec.plugin!r})" for spec in matching)
+        raise TypeError(
+            f"{len(matching)} adapters match {type(model).__name__}: {names}; "
+            "choose one with attach(..., adapter=NAME)"
+        )
     families = sorted({spec.factory.family for spec in specs})
     raise TypeError(
         f"prunekit has no adapter for {type(model).__name__}; supported families: {families}. "
@@ -248,13 +252,12 @@ def attach(
             f"but the {instance.family!r} adapter prunes at {point!r} with these options "
             "(see the adapter's options: before_projector=True, llm_layer=K, layer=L)"
         )
-    llm_pruning = getattr(instance, "llm_pruning", None)
     handle = AttachHandle(
         model=model,
         pruner=pruner,
         budget=budget,
         pruning_point=point,
-        llm_layer=None if llm_pruning is None else llm_pruning.layer,
+        llm_layer=instance.llm_layer(),
     )
     return Attachment(instance, handle)
 

@@ -28,12 +28,6 @@ if TYPE_CHECKING:
 #: a callable that reverts one change ``install`` made to the model instance
 Undo = Callable[[], None]
 
-#: Pruning points an adapter may support.
-PRE_LLM = "pre_llm"  # after the multimodal projector, before the language model (ResPrune)
-IN_ENCODER = "in_encoder"  #: inside the vision encoder, after layer L
-IN_LLM = "in_llm"  #: inside the language model, after decoder layer K
-PRE_PROJECTOR = "pre_projector"  #: vision-tower features, before the multimodal projector
-
 
 class Adapter(abc.ABC):
     """Base class of model-family adapters.
@@ -68,6 +62,11 @@ class Adapter(abc.ABC):
     def pruning_point(self) -> str:
         """Where this adapter prunes with its current options (one of :attr:`points`)."""
         return self.points[0]
+
+    def llm_layer(self) -> int | None:
+        """The decoder layer after which the language model prunes (point ``IN_LLM``),
+        ``None`` at the other points; recorded on the handle by ``attach``."""
+        return None
 
     @abc.abstractmethod
     def install(self, handle: AttachHandle) -> list[Undo]:

@@ -69,8 +69,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from prunekit.adapters.base import IN_ENCODER, Adapter, Undo, override_attribute, undo_on_error
+from prunekit.adapters.base import Adapter, Undo, override_attribute, undo_on_error
 from prunekit.adapters.layout import TokenLayout, patch_grid_layout
+from prunekit.core.points import IN_ENCODER
 
 if TYPE_CHECKING:
     from prunekit.adapters.attach import AttachHandle

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import torch
 
 from prunekit.adapters.attention import ATTENTION_SIGNALS, attention_signals, capture_input
-from prunekit.adapters.base import PRE_PROJECTOR
 from prunekit.adapters.layout import TokenLayout, patch_grid_layout, per_prompt
 from prunekit.adapters.vlm import ImageFeatures, PreLLMAdapter
+from prunekit.core.points import PRE_PROJECTOR
 
 #: vision towers whose first token is a [CLS] token
 CLS_TOWERS = ("clip_vision_model", "dinov2")

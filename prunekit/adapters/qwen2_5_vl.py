@@ -10,11 +10,11 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from prunekit.adapters.attention import ATTENTION_SIGNALS
-from prunekit.adapters.base import IN_LLM, PRE_LLM
 from prunekit.adapters.layout import TokenLayout, mrope_token_layouts
 from prunekit.adapters.llava import pooled_features
 from prunekit.adapters.vlm import ImageFeatures, Positions, PreLLMAdapter
 from prunekit.core.errors import check_choice
+from prunekit.core.points import IN_LLM, PRE_LLM
 
 #: keyword arguments of a video input
 VIDEO_KWARGS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")

@@ -35,8 +35,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from prunekit.adapters.base import (
-    IN_LLM,
-    PRE_LLM,
     Adapter,
     Undo,
     caller_stacklevel,
@@ -44,6 +42,7 @@ from prunekit.adapters.base import (
     undo_on_error,
 )
 from prunekit.core.errors import check_choice
+from prunekit.core.points import IN_LLM, PRE_LLM
 
 if TYPE_CHECKING:
     from prunekit.adapters.attach import AttachHandle
@@ -198,6 +197,9 @@ class PreLLMAdapter(Adapter):
 
     def pruning_point(self) -> str:
         return IN_LLM if self.llm_pruning is not None else PRE_LLM
+
+    def llm_layer(self) -> int | None:
+        return None if self.llm_pruning is None else self.llm_pruning.layer
 
     def install(self, handle: AttachHandle) -> list[Undo]:
         self.required_signals = handle.required_signals

@@ -275,7 +275,7 @@ def _check_required(cfg: DictConfig) -> None:
 
 def _check_pruning_point(cfg: DictConfig, pruner: Any) -> None:
     """The adapter options pick a pruning point the pruner is defined for, and a layer the model has."""
-    from prunekit.adapters.base import IN_LLM, PRE_LLM, PRE_PROJECTOR
+    from prunekit.core.points import IN_LLM, PRE_LLM, PRE_PROJECTOR
 
     adapter = cfg.adapter
     if adapter.llm_layer is not None and adapter.before_projector:

@@ -24,6 +24,7 @@ from typing import Any
 import pluggy
 
 from prunekit.core.errors import did_you_mean
+from prunekit.core.points import check_pruning_points
 from prunekit.registry import hookspecs
 
 #: the entry-point group plugin distributions announce their module in
@@ -246,6 +247,8 @@ class Registry:
             raise TypeError(
                 f"factory for {kind} {name!r} must be callable, got {type(factory).__name__}"
             )
+        if kind == "pruner":  # a misspelt point would silently never match an adapter
+            check_pruning_points(f"pruner {name!r}", getattr(factory, "pruning_points", None))
         return ComponentSpec(kind=kind, name=name, factory=factory, plugin=plugin)
 
     def _check_free(self, spec: ComponentSpec) -> None:
