@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunekit.adapters.base import Undo
+from prunekit.core.tensor_ops import gather_rows
 
 if TYPE_CHECKING:
     from prunekit.adapters.attach import AttachHandle
@@ -176,7 +177,7 @@ class DecoderLayerPruning:
                 self._select(handle, hidden, state)
             prefill = hidden.shape[1] == state.is_image.shape[1] and index == self.layer
             if prefill:
-                hidden = self._gather(hidden, state.keep_index)
+                hidden = gather_rows(hidden, state.keep_index)
             steps = hidden.shape[1]
             if index == self.layer and not prefill:
                 new = torch.ones(hidden.shape[0], steps, dtype=torch.bool, device=hidden.device)
@@ -203,7 +204,7 @@ class DecoderLayerPruning:
         # image tokens of each sample, packed to the left: (B, n_max, d)
         order = torch.sort((~is_image).long(), dim=1, stable=True).indices[:, :n_max]
         token_mask = torch.arange(n_max, device=hidden.device).unsqueeze(0) < counts.unsqueeze(1)
-        tokens = hidden.gather(1, order.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        tokens = gather_rows(hidden, order)
         if n_max == 0:
             keep = torch.ones_like(is_image)
         else:
@@ -265,7 +266,7 @@ class DecoderLayerPruning:
         ):
             if name in wanted:
                 # the norm is per token: gather the rows first
-                normed = self.norm(self._gather(hidden, index))
+                normed = self.norm(gather_rows(hidden, index))
                 signals[name] = normed.masked_fill(~valid.unsqueeze(-1), 0.0)
         if wanted & LAYER_INPUT_SIGNALS:
             signals.update(
@@ -344,7 +345,7 @@ class DecoderLayerPruning:
         head_dim = attn.head_dim
         device = x.device
         last = length - 1 - real.flip(1).long().argmax(dim=1)  # (B,) last real column
-        x_last = x.gather(1, last.view(batch, 1, 1).expand(-1, 1, x.shape[-1]))
+        x_last = gather_rows(x, last.view(batch, 1))
         query = attn.q_proj(x_last).view(batch, 1, -1, head_dim)
         if getattr(attn, "q_norm", None) is not None:
             query = attn.q_norm(query)
@@ -352,7 +353,7 @@ class DecoderLayerPruning:
 
         def at_last(table: torch.Tensor) -> torch.Tensor:
             table = table.expand(batch, *table.shape[1:])
-            return table.gather(1, last.view(batch, 1, 1).expand(-1, 1, table.shape[-1]))
+            return gather_rows(table, last.view(batch, 1))
 
         query = rope(query, query, at_last(cos), at_last(sin))[0]
         scaling = getattr(attn, "scaling", head_dim**-0.5)
@@ -374,18 +375,11 @@ class DecoderLayerPruning:
         return torch.softmax(scores, dim=-1)
 
     @staticmethod
-    def _gather(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-
-    @staticmethod
     def _gather_positions(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Gather (b or 1, L, ...) position tensors at the kept prompt positions."""
         if values.shape[0] != index.shape[0]:
             values = values.expand(index.shape[0], *values.shape[1:])
-        extra = values.shape[2:]
-        return values.gather(
-            1, index.view(*index.shape, *([1] * len(extra))).expand(-1, -1, *extra)
-        )
+        return gather_rows(values, index)
 
     def _mask(self, state: _Prefill, steps: int, dtype: torch.dtype) -> torch.Tensor:
         """(B, 1, steps, kv) mask: causal over the kept slots, valid keys only, self always."""

@@ -20,6 +20,7 @@ from prunekit.core.budget import Budget, check_budget
 from prunekit.core.errors import check_fields
 from prunekit.core.inputs import PruneInputs, validate_inputs
 from prunekit.core.result import PAD_INDEX, PruneResult
+from prunekit.core.tensor_ops import gather_rows
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,9 @@ class TokenPruner(abc.ABC):
     #: names of the model signals :meth:`select` reads from ``inputs.signals``
     #: (e.g. ``"cls_attention"``); adapters provide them, ``prune`` checks them.
     required_signals: ClassVar[frozenset[str]] = frozenset()
-    #: pruning points this method is defined for (``"pre_llm"``, ``"pre_projector"``,
-    #: ``"in_llm"``, ``"in_encoder"``); ``None``: any. ``attach`` refuses others.
+    #: pruning points this method is defined for (names from :mod:`prunekit.core.points`:
+    #: ``PRE_LLM``, ``PRE_PROJECTOR``, ``IN_LLM``, ``IN_ENCODER``); ``None``: any.
+    #: ``attach`` refuses others; the registry refuses names that are not pruning points.
     pruning_points: ClassVar[frozenset[str] | None] = None
 
     def __post_init__(self) -> None:
@@ -190,7 +192,7 @@ class TokenPruner(abc.ABC):
                     f"{type(self).__name__}.select returned values of shape "
                     f"{tuple(picks.values.shape)}, expected {expected}"
                 )
-            values = picks.values.gather(1, permutation.unsqueeze(-1).expand(-1, -1, expected[2]))
+            values = gather_rows(picks.values, permutation)
             values = values.masked_fill((indices == PAD_INDEX).unsqueeze(-1), 0.0)
         scores = None if picks.scores is None else picks.scores.float()
         return PruneResult(

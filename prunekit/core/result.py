@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prunekit.core.tensor_ops import gather_rows
+
 #: Value of the padding slots of :attr:`PruneResult.indices` for ragged batches.
 PAD_INDEX = -1
 
@@ -72,13 +74,7 @@ class PruneResult:
                 f"tokens must have shape (B, N, ...) = {tuple(self.mask.shape)} in their first "
                 f"two dimensions, got {tuple(tokens.shape)}"
             )
-        index = self.indices.clamp_min(0).to(tokens.device)
-        index = index.view(*index.shape, *([1] * (tokens.dim() - 2))).expand(
-            -1, -1, *tokens.shape[2:]
-        )
-        out = torch.gather(tokens, 1, index)
-        slots = self.slot_mask.to(tokens.device).view(*index.shape[:2], *([1] * (tokens.dim() - 2)))
-        return out.masked_fill(~slots, fill_value)
+        return gather_rows(tokens, self.indices.to(tokens.device), fill_value)
 
     def kept_tokens(self, tokens: torch.Tensor, fill_value: float = 0.0) -> torch.Tensor:
         """What the model should receive: :meth:`gather`, or the merged :attr:`values` if any."""

@@ -14,7 +14,10 @@ from typing import ClassVar, Literal
 import torch
 
 from prunekit.core.inputs import PruneInputs
+from prunekit.core.points import IN_LLM
 from prunekit.core.pruner import Picks, TokenPruner
+from prunekit.core.tensor_ops import gather_rows
+from prunekit_baselines._ops import COSINE_SIMILARITY_EPS, unit_rows
 
 PivotOrder = Literal["set", "norm"]
 PIVOT_ORDERS = ("set", "norm")
@@ -71,19 +74,6 @@ def _top_slots(norms: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor
     largest first, ties towards the lowest index (invalid ones last)."""
     ranked = norms.masked_fill(~valid, -torch.inf)
     return torch.sort(ranked, dim=1, descending=True, stable=True).indices[:, :k]
-
-
-def _unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` over its norm (at least 1e-8) along the last dimension, as
-    ``F.cosine_similarity`` normalises each side before their product."""
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8)
-
-
-def _gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values`` ``(B, L, ...)`` at ``index`` ``(B, k)`` along dim 1: ``(B, k, ...)``."""
-    shape = index.shape + values.shape[2:]
-    index = index.view(*index.shape, *([1] * (values.dim() - 2))).expand(shape)
-    return values.gather(1, index)
 
 
 def _set_visit_order(positions: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
@@ -175,7 +165,7 @@ class DART(TokenPruner):
     """
 
     name = "dart"
-    pruning_points: ClassVar[frozenset[str] | None] = frozenset({"in_llm"})
+    pruning_points: ClassVar[frozenset[str] | None] = frozenset({IN_LLM})
 
     pivot_image_tokens: int = 4
     pivot_text_tokens: int = 4
@@ -217,7 +207,7 @@ class DART(TokenPruner):
         image_pivots = _top_slots(key_l1_norms(signals[IMAGE_KEYS]), valid, p_img)
         image_active = torch.arange(p_img, device=valid.device) < counts  # c <= valid tokens
         image_hidden = signals[IMAGE_HIDDEN]
-        pivot_hidden = [_gather_rows(image_hidden, image_pivots)]  # (B, p, D) per kind
+        pivot_hidden = [gather_rows(image_hidden, image_pivots)]  # (B, p, D) per kind
         active = [image_active]
         positions = []
         if self.pivot_order == "set":
@@ -226,7 +216,7 @@ class DART(TokenPruner):
             text_mask = signals[TEXT_MASK]
             p_txt = min(self.pivot_text_tokens, text_mask.shape[1])
             text_pivots = _top_slots(key_l1_norms(signals[TEXT_KEYS]), text_mask, p_txt)
-            pivot_hidden.append(_gather_rows(signals[TEXT_HIDDEN], text_pivots))
+            pivot_hidden.append(gather_rows(signals[TEXT_HIDDEN], text_pivots))
             active.append(
                 torch.arange(p_txt, device=valid.device) < text_mask.sum(dim=1, keepdim=True)
             )
@@ -248,10 +238,11 @@ class DART(TokenPruner):
         rank = torch.arange(n, device=valid.device)
         # F.cosine_similarity's own arithmetic (unit rows, then a product summed), with the
         # image tokens normalised once rather than once per pivot
-        unit_hidden, unit_pivots = _unit_rows(image_hidden), _unit_rows(pivot_hidden)
+        unit_hidden = unit_rows(image_hidden, eps=COSINE_SIMILARITY_EPS)
+        unit_pivots = unit_rows(pivot_hidden, eps=COSINE_SIMILARITY_EPS)
         # one claim per pivot, batched over the samples; P <= pivot_image + pivot_text steps
         for j in range(slots):
-            pivot = _gather_rows(unit_pivots, visit[:, j : j + 1])  # (B, 1, D)
+            pivot = gather_rows(unit_pivots, visit[:, j : j + 1])  # (B, 1, D)
             similarity = (pivot * unit_hidden).sum(dim=-1)  # (B, N) cosines
             ranked = torch.sort(similarity.masked_fill(~free, torch.inf), dim=1, stable=True)
             # the j-th visited pivot claims its share of the least similar free tokens

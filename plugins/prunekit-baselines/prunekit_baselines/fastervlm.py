@@ -1,6 +1,5 @@
 """FasterVLM (Zhang et al., arXiv 2412.01818v1, "[CLS] Attention is All You Need for
-Training-Free Visual Token Pruning: Make VLM Inference Faster"), and the [CLS]-attention tools VisionZip and
-VisPruner share.
+Training-Free Visual Token Pruning: Make VLM Inference Faster").
 
 * :class:`FasterVLM`: keep the tokens the vision encoder's [CLS] query attends to
   most (head mean), in position order.
@@ -8,8 +7,9 @@ VisPruner share.
   the same head-mean [CLS] attention as relevance weights, so it composes with
   any selection, e.g. ``create_pruner("composed", relevance="cls_attention",
   selection="greedy_residual")``.
-* :func:`unit_rows` / :func:`cosine` / :func:`cosine_tie_atol`: cosine similarities in
-  the inputs' precision whose ties (duplicate tokens) stay ties whatever the batch layout.
+
+The [CLS]-attention signal and the cosine helpers VisionZip and VisPruner share live in
+:mod:`prunekit_baselines._ops`.
 """
 
 from __future__ import annotations
@@ -19,22 +19,15 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 
 from prunekit.core.inputs import PruneInputs
 from prunekit.pruners.composed import ComposedPruner
 from prunekit.strategies.relevance.base import RelevanceStrategy
 from prunekit.strategies.selection.topk import TopKSelection
-
-CLS_ATTENTION = "cls_attention"
+from prunekit_baselines._ops import CLS_ATTENTION, head_mean
 
 Normalization = Literal["max", "sum", "minmax", "none"]
 NORMALIZATIONS = ("max", "sum", "minmax", "none")
-
-
-def head_mean(attention: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` mean over the heads of a ``(B, H, N)`` attention signal."""
-    return attention.mean(dim=1)
 
 
 @dataclass
@@ -156,46 +149,6 @@ class FasterVLM(ComposedPruner):
         self.relevance = ClsAttentionRelevance(normalize="none")
         self.selection = TopKSelection(tie_rtol=0.0)
         super().__post_init__()
-
-
-def unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with rows scaled to unit norm, in float64 (float32 where the device has no
-    float64, e.g. MPS); rows of norm 0 stay 0 (orthogonal to everything)."""
-    dtype = torch.float32 if x.device.type == "mps" else torch.float64
-    return F.normalize(x.to(dtype), dim=-1)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(..., M, K)`` cosines of the :func:`unit_rows` ``a`` (..., M, C) and ``b`` (..., K, C),
-    in ``dtype``, the precision of the inputs they come from (float32 or float64).
-
-    Computed in float64 and rounded to ``dtype``. A matrix product's rounding depends
-    on the batch layout, so two duplicate tokens' similarities (exactly equal in exact
-    arithmetic) can differ in the last bit one way in a batch and the other way alone,
-    flipping a ranking. For float32 inputs, rounding the float64 result to float32 makes
-    such ties exact (still ~8x finer than the float16 the official codes run in); float64
-    inputs keep float64 (rounding them to float32 would turn distinct similarities into
-    ties), and their rankings treat cosines within :func:`cosine_tie_atol` as ties.
-    (On MPS, which has no float64, everything runs in float32.)
-    """
-    return (a @ b.transpose(-1, -2)).to(dtype)
-
-
-def cosine_tie_atol(dtype: torch.dtype, features: int) -> float:
-    """The distance at which two :func:`cosine` values of ``dtype`` over ``features``
-    (``C``) coordinates are ties.
-
-    0 for float32 (the values are already rounded to float32: exact ties). For float64,
-    ``C * eps`` (float64's machine epsilon, 2.2e-16; ~2.3e-13 at ``C = 1024``): a float64
-    dot product of unit vectors is within ``C * eps / 2`` of the exact value whatever
-    its summation order, so two computations of the same cosine (a duplicate token in
-    another row or batch layout) are never further apart and always tie, while
-    similarities float64 can tell apart by more than that stay ordered (float32 could
-    not see differences below ~6e-8 near 1).
-    """
-    if dtype != torch.float64:
-        return 0.0
-    return features * torch.finfo(torch.float64).eps
 
 
 def register(registry) -> None:

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 
 from prunekit.core.inputs import PruneInputs
+from prunekit.core.points import IN_LLM
 from prunekit.core.pruner import Picks, TokenPruner
 
 LAST_QUERY_ATTENTION = "last_query_attention"
@@ -78,7 +79,7 @@ class FastV(TokenPruner):
 
     name = "fastv"
     required_signals: ClassVar[frozenset[str]] = frozenset({LAST_QUERY_ATTENTION})
-    pruning_points: ClassVar[frozenset[str] | None] = frozenset({"in_llm"})
+    pruning_points: ClassVar[frozenset[str] | None] = frozenset({IN_LLM})
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         scores = fastv_scores(inputs.signals[LAST_QUERY_ATTENTION])

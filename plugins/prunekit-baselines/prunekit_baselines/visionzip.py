@@ -11,8 +11,17 @@ import torch
 import torch.nn.functional as F
 
 from prunekit.core.inputs import PruneInputs, compute_dtype
+from prunekit.core.points import PRE_PROJECTOR
 from prunekit.core.pruner import Picks, TokenPruner
-from prunekit_baselines.fastervlm import CLS_ATTENTION, cosine, cosine_tie_atol, unit_rows
+from prunekit.core.tensor_ops import gather_rows
+from prunekit_baselines._ops import (
+    CLS_ATTENTION,
+    ZERO_NORM_EPS,
+    cosine,
+    cosine_tie_atol,
+    unit_rows,
+    widest_float,
+)
 
 VISION_KEYS = "vision_keys"
 
@@ -43,11 +52,6 @@ def contextual_counts(
         return keep_counts.clamp(max=fixed)
     ratioed = torch.floor(keep_counts.double() * ratio + 0.5 + 1e-9).long()
     return torch.minimum(keep_counts, ratioed)
-
-
-def _rows_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values`` ``(B, L, d)`` at ``index`` ``(B, k)``: ``(B, k, d)``."""
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 def visionzip_merge(
@@ -91,7 +95,7 @@ def visionzip_merge(
     is_target = remaining & (slot % step == 0) & (target_slot < contextual)
     order = torch.sort((~(dominant | is_target)).to(torch.uint8), dim=1, stable=True).indices
     order = order[:, :num_keep]
-    values = _rows_at(tokens, order)
+    values = gather_rows(tokens, order)
     if max_contextual == 0:
         return order, values
 
@@ -99,9 +103,10 @@ def visionzip_merge(
     targets = torch.sort((~is_target).to(torch.uint8), dim=1, stable=True).indices
     targets = targets[:, :max_contextual]
     real_target = torch.arange(max_contextual, device=tokens.device) < contextual  # (B, C)
-    metric = unit_rows(keys.mean(dim=2))  # head-averaged keys, (B, N, d_head)
+    metric = keys.mean(dim=2)  # head-averaged keys, (B, N, d_head)
+    metric = unit_rows(metric.to(widest_float(metric.device)), eps=ZERO_NORM_EPS)
     precision = compute_dtype(tokens.dtype)  # float64 stays float64
-    similarity = cosine(metric, _rows_at(metric, targets), precision)  # (B, N, C)
+    similarity = cosine(metric, gather_rows(metric, targets), precision)  # (B, N, C)
     similarity = similarity.masked_fill(~real_target.unsqueeze(1), -torch.inf)
     # the first target within the tie tolerance of the most similar one
     best = similarity.amax(dim=-1, keepdim=True) - cosine_tie_atol(precision, metric.shape[-1])
@@ -114,7 +119,7 @@ def visionzip_merge(
     # a kept target's value: itself plus the mean of its members
     at_target = is_target.gather(1, order).unsqueeze(-1)
     which = target_slot.gather(1, order).clamp(0, max_contextual - 1)
-    return order, torch.where(at_target, values + _rows_at(merged, which), values)
+    return order, torch.where(at_target, values + gather_rows(merged, which), values)
 
 
 @dataclass
@@ -187,8 +192,8 @@ class VisionZip(TokenPruner):
       unspecified).
     * numerics: cosines computed in float64 and compared in the input's
       precision, at least float32 (rounded to float32, or kept in float64 with
-      ties within ``d_head * eps``: :func:`~prunekit_baselines.fastervlm.cosine`,
-      :func:`~prunekit_baselines.fastervlm.cosine_tie_atol`), merging in float32 or wider
+      ties within ``d_head * eps``: :func:`~prunekit_baselines._ops.cosine`,
+      :func:`~prunekit_baselines._ops.cosine_tie_atol`), merging in float32 or wider
       (officially all in the model's dtype, float16); a key of norm 0 counts as
       orthogonal to every target (officially NaN).
     * ragged batches: each sample runs on its own valid tokens with its own split,
@@ -200,7 +205,7 @@ class VisionZip(TokenPruner):
 
     name = "visionzip"
     required_signals: ClassVar[frozenset[str]] = frozenset({CLS_ATTENTION, VISION_KEYS})
-    pruning_points: ClassVar[frozenset[str] | None] = frozenset({"pre_projector"})
+    pruning_points: ClassVar[frozenset[str] | None] = frozenset({PRE_PROJECTOR})
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types, from the annotations

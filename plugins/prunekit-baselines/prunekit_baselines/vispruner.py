@@ -10,13 +10,17 @@ from typing import ClassVar
 import torch
 
 from prunekit.core.inputs import PruneInputs, compute_dtype
+from prunekit.core.points import PRE_PROJECTOR
 from prunekit.core.pruner import Picks, TokenPruner
-from prunekit_baselines.fastervlm import (
+from prunekit.core.tensor_ops import gather_rows
+from prunekit_baselines._ops import (
     CLS_ATTENTION,
+    ZERO_NORM_EPS,
     cosine,
     cosine_tie_atol,
     head_mean,
     unit_rows,
+    widest_float,
 )
 
 
@@ -34,11 +38,6 @@ def _rank_descending(scores: torch.Tensor, tie_atol: float = 0.0) -> torch.Tenso
     start = torch.cat([torch.ones_like(gap[..., :1], dtype=torch.bool), gap > tie_atol], -1)
     group = torch.empty_like(ranked.indices).scatter_(-1, ranked.indices, start.cumsum(-1))
     return torch.sort(group, dim=-1, stable=True).indices
-
-
-def _rows_at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values`` ``(B, L, C)`` at ``index`` ``(B, k)``: ``(B, k, C)``."""
-    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
 
 
 def _schedule(
@@ -104,13 +103,13 @@ def vispruner_order(
     ranking = _rank_descending(attention.masked_fill(~valid, -torch.inf))  # valid tokens first
     start = plan[0] + torch.arange(widths[0], device=device)
     residual = ranking.gather(1, start.clamp(max=n - 1))  # (B, R) in attention order
-    normed = unit_rows(features)
+    normed = unit_rows(features.to(widest_float(device)), eps=ZERO_NORM_EPS)
     precision = compute_dtype(features.dtype)  # float64 stays float64
     tie_atol = cosine_tie_atol(precision, features.shape[-1])
     size = plan[1]
     for step, width in enumerate(widths[1:], start=2):
         drop = plan[step]
-        tokens = _rows_at(normed, residual)  # (B, R, C) in residual order
+        tokens = gather_rows(normed, residual)  # (B, R, C) in residual order
         even, odd = tokens[:, ::2], tokens[:, 1::2]  # ceil(R/2) and floor(R/2) tokens
         real_odd = 2 * torch.arange(odd.shape[1], device=device) + 1 < size
         real_even = 2 * torch.arange(even.shape[1], device=device) < size
@@ -213,8 +212,8 @@ class VisPruner(TokenPruner):
       the most two float64 evaluations of one cosine can differ), so that a
       duplicate token's rounding, which depends on the batch layout, cannot flip
       a ranking
-      (:func:`~prunekit_baselines.fastervlm.cosine`,
-      :func:`~prunekit_baselines.fastervlm.cosine_tie_atol`); features of norm 0
+      (:func:`~prunekit_baselines._ops.cosine`,
+      :func:`~prunekit_baselines._ops.cosine_tie_atol`); features of norm 0
       are treated as orthogonal to everything instead of giving NaN;
     * ties in both rankings keep the lower index / earlier token first
       (``torch.argsort`` is not stable);
@@ -227,7 +226,7 @@ class VisPruner(TokenPruner):
 
     name = "vispruner"
     required_signals: ClassVar[frozenset[str]] = frozenset({CLS_ATTENTION})
-    pruning_points: ClassVar[frozenset[str] | None] = frozenset({"pre_projector"})
+    pruning_points: ClassVar[frozenset[str] | None] = frozenset({PRE_PROJECTOR})
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types, from the annotations
