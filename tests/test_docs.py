@@ -4,8 +4,10 @@
   without a leading underscore; public methods and properties of public
   classes too) has a docstring and is in the API reference, read from the
   ``objects.inv`` of a real ``sphinx-build -W`` of ``docs/``.
-* Every ``>>>`` example runs: those of the pages (``docs/*.rst``) and those of
-  the docstrings of every module.
+* Every module imports, and every ``>>>`` example runs: those of the pages
+  (``docs/*.rst``) and those of the module docstrings. Only a page or module that
+  has examples is a test case (one without any would pass by importing); a
+  separate check keeps that list in step with what ``doctest`` finds.
 * Benchmark results are included when they exist, and the build passes with a
   note when they do not.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import ast
 import doctest
 import importlib
+import importlib.util
 import inspect
 import io
 import pkgutil
@@ -60,6 +63,22 @@ def public_modules() -> list[str]:
 
 
 MODULES = public_modules()
+
+
+def has_examples_in_source(module_name: str) -> bool:
+    """Whether a docstring in the module's source holds a ``>>>`` line (read, not imported)."""
+    spec = importlib.util.find_spec(module_name)
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    nodes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return any(
+        ">>>" in (ast.get_docstring(node, clean=False) or "")
+        for node in ast.walk(tree)
+        if isinstance(node, nodes)
+    )
+
+
+#: the modules whose docstrings have examples: the doctest cases
+EXAMPLE_MODULES = [name for name in MODULES if has_examples_in_source(name)]
 
 
 def assigned_names(module) -> set[str]:
@@ -321,7 +340,40 @@ def run_doctest(test: doctest.DocTest) -> str:
     return report.getvalue() if runner.failures else ""
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def page_doctest(page: Path) -> doctest.DocTest:
+    text = page.read_text(encoding="utf-8")
+    return doctest.DocTestParser().get_doctest(
+        text, {"__name__": page.stem}, page.name, str(page), 0
+    )
+
+
+#: the pages with examples: the doctest cases
+EXAMPLE_PAGES = [page for page in PAGES if page_doctest(page).examples]
+
+
+def module_doctests(module_name: str) -> list[doctest.DocTest]:
+    """The doctests of one module that have at least one example."""
+    module = importlib.import_module(module_name)
+    found = doctest.DocTestFinder(exclude_empty=True).find(module, module_name)
+    return [test for test in found if test.examples]
+
+
+def test_every_module_imports_and_every_example_is_a_case():
+    """Every public module imports, and the doctest cases are exactly the modules and
+    pages whose examples ``doctest`` finds (none missed, none empty)."""
+    broken, with_examples = [], []
+    for name in MODULES:
+        try:
+            if module_doctests(name):
+                with_examples.append(name)
+        except Exception as err:  # noqa: BLE001 - report every broken module at once
+            broken.append(f"{name}: {type(err).__name__}: {err}")
+    assert not broken, "modules that do not import:\n  " + "\n  ".join(broken)
+    assert with_examples == EXAMPLE_MODULES
+    assert EXAMPLE_MODULES and EXAMPLE_PAGES, "no examples found: the collection is broken"
+
+
+@pytest.mark.parametrize("page", EXAMPLE_PAGES, ids=lambda p: p.name)
 def test_page_examples_run(page, tmp_path, monkeypatch):
     """The ``>>>`` examples of one page, in order, sharing one namespace.
 
@@ -330,19 +382,11 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
     """
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("prunekit.registry.registry._DEFAULT", None)
-    text = page.read_text(encoding="utf-8")
-    test = doctest.DocTestParser().get_doctest(
-        text, {"__name__": page.stem}, page.name, str(page), 0
-    )
-    assert run_doctest(test) == ""
+    assert run_doctest(page_doctest(page)) == ""
 
 
-@pytest.mark.parametrize("module_name", MODULES)
+@pytest.mark.parametrize("module_name", EXAMPLE_MODULES)
 def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    module = importlib.import_module(module_name)
-    failures = [
-        run_doctest(test)
-        for test in doctest.DocTestFinder(exclude_empty=True).find(module, module_name)
-    ]
+    failures = [run_doctest(test) for test in module_doctests(module_name)]
     assert not any(failures), "\n".join(f for f in failures if f)

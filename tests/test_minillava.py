@@ -12,6 +12,7 @@ import importlib.util
 
 import pytest
 import torch
+from PIL import Image
 
 MISSING = [
     name
@@ -236,29 +237,38 @@ def test_load_without_projector_says_how_to_train(monkeypatch, tmp_path):
         minillava.load()
 
 
-#: The committed projector's measured first-token accuracy (prunekit/models/assets/
-#: minillava_projector.json, whole test splits, all 256 tokens) is 0.84 on easy-VQA and
-#: 0.36 on shapes; on shapes it is above chance only for the "color" and "shape" kinds
-#: (benchmarks/results/quality.md), so the shapes check uses those two kinds.
-SHAPES_KINDS = ("color", "shape")
-#: floor on the fixed shapes questions below: measured 0.27 trained (first 40 test
-#: images; 21 of 78 questions), 0.0 with the
-#: random projector of ``minillava.build(seed=0)`` (which answers "yes"/"no"/numbers)
-SHAPES_FLOOR = 0.15
-#: floor on the fixed easy-VQA questions below: measured 0.84 on the whole test split
+#: The committed projector's first-token accuracy over whole test splits (all 256 tokens,
+#: prunekit/models/assets/minillava_projector.json) is 0.84 on easy-VQA and 0.36 on shapes;
+#: the record's ``limits`` puts shapes colour, existence and counting at chance level.
+#: A floor only means something if a model that ignores the image fails it, so each check
+#: below scores the same questions with the real images and two blind controls
+#: (:func:`with_controls`) and asserts a margin over the better control.
+#:
+#: easy-VQA, the 48 questions below (12 images), measured on a 2-core CPU: real 0.854,
+#: grey image 0.208, wrong image 0.500 (most questions are yes/no).
 EASYVQA_FLOOR = 0.65
+#: real images must beat the better control by this much on easy-VQA (measured 0.354)
+EASYVQA_MARGIN = 0.2
+#: shapes, "What shape is the <colour> object?" for the first 40 test scenes: accuracy
+#: real 0.350, grey 0.200, wrong image 0.325, so there is no shapes accuracy to floor
+#: (the model names a salient shape of the picture whatever colour is asked: its answers
+#: with the wrong image are the real answers of the neighbouring scene). What it does do
+#: is name a shape that is in the picture: real 0.900, grey 0.700, wrong image 0.725.
+SHAPES_PRESENT_MARGIN = 0.1
+#: grey of the blank control image
+GREY = (128, 128, 128)
 
 needs_projector = pytest.mark.skipif(
     not minillava.PROJECTOR_PATH.is_file(), reason="no trained projector in the checkout"
 )
 
 
-def first_token_accuracy(model, processor, pairs, answers) -> float:
-    """Share of (image, question, answer) triples whose first answer token scores highest
-    among the first tokens of ``answers``, through the stock forward at 224 px."""
+def first_token_answers(model, processor, pairs, answers) -> list[str]:
+    """For each (image, question, answer) triple, the one of ``answers`` whose first token
+    scores highest after the question, through the stock forward at 224 px."""
     tok = processor.tokenizer
     firsts = torch.tensor([tok(a, add_special_tokens=False).input_ids[0] for a in answers])
-    hits = 0
+    picked = []
     for start in range(0, len(pairs), 8):
         chunk = pairs[start : start + 8]
         inputs = processor(
@@ -267,9 +277,29 @@ def first_token_accuracy(model, processor, pairs, answers) -> float:
         )
         with torch.no_grad():
             logits = model(**inputs).logits[:, -1]
-        picks = logits[:, firsts].argmax(-1).tolist()
-        hits += sum(answers[p] == answer for p, (_, _, answer) in zip(picks, chunk))
-    return hits / len(pairs)
+        picked += [answers[p] for p in logits[:, firsts].argmax(-1).tolist()]
+    return picked
+
+
+def with_controls(groups) -> dict[str, list]:
+    """(image, question, answer) triples for ``groups`` of (image, [(question, answer)]):
+    with the real images, with a uniform grey image of the same size ("grey"), and with
+    the next group's image ("wrong", rolled by one image so no question sees its own)."""
+    assert len(groups) >= 2, "the wrong-image control needs two images"
+    triples: dict[str, list] = {"real": [], "grey": [], "wrong": []}
+    for i, (image, questions) in enumerate(groups):
+        shown = {
+            "real": image,
+            "grey": Image.new("RGB", image.size, GREY),
+            "wrong": groups[(i + 1) % len(groups)][0],
+        }
+        for name, picture in shown.items():
+            triples[name] += [(picture, question, answer) for question, answer in questions]
+    return triples
+
+
+def accuracy(picked, triples) -> float:
+    return sum(p == answer for p, (_, _, answer) in zip(picked, triples)) / len(triples)
 
 
 @contextlib.contextmanager
@@ -286,32 +316,47 @@ def committed_projector(model):
 
 @slow
 @needs_projector
-def test_trained_projector_answers_shapes(built):
-    """On fixed shapes test questions the committed projector clears a floor that the
-    random projector it replaces does not: the check can fail."""
+def test_trained_projector_names_shapes_that_are_in_the_picture(built):
+    """On "What shape is the <colour> object?" the trained model names a shape of the
+    picture more often than with a grey or a wrong image, so it sees the image. Its
+    accuracy is not asserted: it is no better than the wrong-image control (see
+    ``SHAPES_PRESENT_MARGIN``), and the failure message reports it."""
     model, processor = built
-    items = shapes.dataset("test", 20)
-    pairs = [
-        (it.scene.image, q.question, q.answer)
-        for it in items
-        for q in it.questions
-        if q.kind in SHAPES_KINDS
-    ]
-    assert len(pairs) >= 35
-    untrained = first_token_accuracy(model, processor, pairs, shapes.ANSWERS)
+    items = shapes.dataset("test", 40, kinds=("shape",))
+    groups = [(it.scene.image, [(q.question, q.answer) for q in it.questions]) for it in items]
+    scene_shapes = [{o.shape for o in it.scene.objects} for it in items for _ in it.questions]
+    assert len(scene_shapes) == 40
+    triples = with_controls(groups)
     with committed_projector(model):
-        accuracy = first_token_accuracy(model, processor, pairs, shapes.ANSWERS)
-    assert untrained < SHAPES_FLOOR <= accuracy, (untrained, accuracy, len(pairs))
+        picked = {
+            name: first_token_answers(model, processor, pairs, shapes.ANSWERS)
+            for name, pairs in triples.items()
+        }
+    present = {
+        name: sum(p in here for p, here in zip(answers, scene_shapes)) / len(scene_shapes)
+        for name, answers in picked.items()
+    }
+    accuracies = {name: accuracy(picked[name], triples[name]) for name in triples}
+    margin = present["real"] - max(present["grey"], present["wrong"])
+    assert margin >= SHAPES_PRESENT_MARGIN, (present, accuracies)
 
 
 @slow
 @needs_projector
 @pytest.mark.skipif(not easyvqa.available(), reason="easy-vqa is not installed")
 def test_trained_projector_answers_easyvqa(built):
+    """The committed projector clears a floor on fixed easy-VQA questions, and beats a
+    grey image and a wrong image on the same questions by a margin: the check fails for
+    a model that ignores the image."""
     model, processor = built
     items = easyvqa.load("test", 12, seed=0, max_questions_per_image=4)
-    pairs = [(it.image(), q.question, q.answer) for it in items for q in it.questions]
-    assert len(pairs) >= 40
+    groups = [(it.image(), [(q.question, q.answer) for q in it.questions]) for it in items]
+    triples = with_controls(groups)
+    assert len(triples["real"]) >= 40
     with committed_projector(model):
-        accuracy = first_token_accuracy(model, processor, pairs, easyvqa.ANSWERS)
-    assert accuracy >= EASYVQA_FLOOR, (accuracy, len(pairs))
+        scores = {
+            name: accuracy(first_token_answers(model, processor, pairs, easyvqa.ANSWERS), pairs)
+            for name, pairs in triples.items()
+        }
+    margin = scores["real"] - max(scores["grey"], scores["wrong"])
+    assert scores["real"] >= EASYVQA_FLOOR and margin >= EASYVQA_MARGIN, scores

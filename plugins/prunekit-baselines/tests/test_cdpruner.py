@@ -11,7 +11,6 @@ import torch
 import prunekit
 from prunekit.core.inputs import validate_inputs
 from prunekit.strategies.relevance.text import TextRelevance
-from prunekit.strategies.selection.greedy_residual import greedy_residual_order
 from prunekit.testing import PrunerContract
 from prunekit_baselines.cdpruner import (
     CDPruner,
@@ -176,14 +175,34 @@ def test_zero_token_and_zero_quality_do_not_produce_nan():
     assert sorted(dpp_order(x, torch.tensor([1.0, 0.0, 1.0, 1.0]), 4)) == [0, 1, 2, 3]
 
 
-def test_dpp_is_greedy_residual_on_unit_tokens_with_squared_quality():
+def determinant_greedy(x: np.ndarray, q: np.ndarray, k: int) -> list[int]:
+    """Greedy MAP by its definition: add the token that maximises ``det L_S``, in float64
+    (``L = diag(q) S diag(q)``, ``S`` the cosine matrix), ties to the lowest index."""
+    kernel = q[:, None] * (unit(x) @ unit(x).T) * q[None, :]
+    picks: list[int] = []
+    for _ in range(k):
+        dets = np.full(len(x), -np.inf)
+        for j in set(range(len(x))) - set(picks):
+            rows = [*picks, j]
+            dets[j] = np.linalg.det(kernel[np.ix_(rows, rows)])
+        picks.append(int(np.argmax(dets)))
+    return picks
+
+
+@pytest.mark.parametrize("method", ["gram", "rows"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dpp_greedy_order_maximises_the_determinant(method, dtype):
+    """Every sample of a batch against two independent float64 references: the greedy
+    determinant maximisation itself and the official fast-MAP loop."""
     g = torch.Generator().manual_seed(3)
     tokens = torch.randn(3, 30, 16, generator=g) * torch.rand(3, 30, 1, generator=g) * 5
-    q = torch.rand(3, 30, generator=g)
-    unit_tokens = torch.nn.functional.normalize(tokens, dim=-1)
-    expected = greedy_residual_order(unit_tokens, q.square(), 12)
-    assert torch.equal(dpp_greedy_order(tokens, q, 12), expected)
-    assert torch.equal(dpp_greedy_order(tokens, q, 12, method="rows"), expected)
+    q = torch.rand(3, 30, generator=g) + 0.05
+    got = dpp_greedy_order(tokens.to(dtype), q.to(dtype), 12, method=method)
+    for b in range(3):
+        x, qb = tokens[b].double().numpy(), q[b].double().numpy()
+        expected = determinant_greedy(x, qb, 12)
+        assert official_dpp(x, qb, 12) == expected  # the two references agree
+        assert got[b].tolist() == expected, f"sample {b}"
 
 
 def test_composes_with_text_relevance_and_none():
