@@ -109,6 +109,18 @@ def test_per_sample_text_mask():
     assert rel[1].tolist() == pytest.approx([1.0, 1.0, S, 0.0])
 
 
+@pytest.mark.parametrize("aggregation", ["mean", "pooled"])
+def test_padded_text_rows_do_not_count_in_the_average(aggregation):
+    """Sample 0 has one real text row (e1) and a padded one that must not be averaged in:
+    its raw relevance is each token's cosine with e1 alone, as sample 1's with e1 only."""
+    text = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]]])
+    tokens = TOKENS.expand(2, -1, -1)
+    mask = torch.tensor([[True, False], [True, False]])
+    rel, _ = run(TextRelevance(aggregation=aggregation), tokens=tokens, text=text, text_mask=mask)
+    assert rel[0].tolist() == pytest.approx([1.0, 0.0, S, -1.0])  # cos with e1, not half of it
+    assert rel[1].tolist() == pytest.approx(rel[0].tolist())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

@@ -518,6 +518,11 @@ def _clone(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
+#: tolerance of the decoded steps' logits against the reference when the case sets none
+#: (the same float32 model on the same prompt; only the order of sums may differ)
+LOGITS_TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+
+
 def _all_prompts(case: AdapterCase) -> dict[str, Any]:
     return case.inputs(case.model(), list(range(case.n_prompts)))
 
@@ -642,8 +647,17 @@ def _check_reference(case: AdapterCase, budget: Budget, variant: Mapping[str, An
     inputs = _all_prompts(case)
     options = {**case.options, **variant}
     what = f"budget {budget!r}, options {options}"
+    step_logits = None
     with case.attach(budget, **variant) as handle:
-        got = _output(case, inputs)
+        if case.kind == "vlm" and case.decode is None:
+            with torch.no_grad():  # the tokens and the logits of every decoded step
+                out = model.generate(
+                    **_clone(inputs), **case.generate_kwargs,
+                    output_logits=True, return_dict_in_generate=True,
+                )  # fmt: skip
+            got, step_logits = out.sequences, out.logits
+        else:
+            got = _output(case, inputs)
     results = _one_result(case, handle, what)
     if case.kind == "encoder":
         with torch.no_grad():
@@ -661,6 +675,19 @@ def _check_reference(case: AdapterCase, budget: Budget, variant: Mapping[str, An
     width = inputs["input_ids"].shape[1]
     _compare(got[:, :width], inputs["input_ids"], f"{what}: generate's prompt part", None)
     _compare(got[:, width:], expected, f"{what}: generated tokens vs the reference", None)
+    if step_logits is not None:
+        # equal tokens can hide wrong positions (a tiny model's argmax rarely flips): the
+        # logits of every decoded step must match the reference's too
+        with torch.no_grad():
+            reference = model.generate(
+                **prompt.model_kwargs(generate=True), **case.generate_kwargs,
+                output_logits=True, return_dict_in_generate=True,
+            )  # fmt: skip
+        _compare(
+            tuple(step_logits), tuple(reference.logits),
+            f"{what}: the logits of each decoded step vs the reference",
+            case.tolerance or LOGITS_TOLERANCE,
+        )  # fmt: skip
 
 
 def _check_forward(case: AdapterCase) -> None:
