@@ -266,8 +266,10 @@ needs_projector = pytest.mark.skipif(
 def first_token_answers(model, processor, pairs, answers) -> list[str]:
     """For each (image, question, answer) triple, the one of ``answers`` whose first token
     scores highest after the question, through the stock forward at 224 px."""
-    tok = processor.tokenizer
-    firsts = torch.tensor([tok(a, add_special_tokens=False).input_ids[0] for a in answers])
+    from prunekit.experiments.bench import answer_first_tokens
+    from prunekit.training.evaluation import first_token_picks
+
+    firsts = answer_first_tokens(processor, answers)  # the training script's metric, shared
     picked = []
     for start in range(0, len(pairs), 8):
         chunk = pairs[start : start + 8]
@@ -277,7 +279,7 @@ def first_token_answers(model, processor, pairs, answers) -> list[str]:
         )
         with torch.no_grad():
             logits = model(**inputs).logits[:, -1]
-        picked += [answers[p] for p in logits[:, firsts].argmax(-1).tolist()]
+        picked += [answers[p] for p in first_token_picks(logits, firsts)]
     return picked
 
 
