@@ -990,43 +990,19 @@ def _checks(case: AdapterCase) -> list[tuple[str, str, Callable[[], None]]]:
         ("full_budget", f"full budget {b!r}", lambda b=b: _check_full_budget(case, b))
         for b in case.full_budgets
     ]
-    checks += [
-        (
-            "reference",
-            f"reference, budget {b!r}, {dict(v)}",
-            lambda b=b, v=v: _check_reference(case, b, v),
-        )
-        for b in case.budgets
-        for v in case.variants
-    ]
+
+    def per_budget_and_variant(name: str, label: str, check: Callable[..., None]) -> list:
+        return [
+            (name, f"{label}, budget {b!r}, {dict(v)}", lambda b=b, v=v: check(case, b, v))
+            for b in case.budgets
+            for v in case.variants
+        ]
+
+    checks += per_budget_and_variant("reference", "reference", _check_reference)
     checks += [("forward", "forward logits vs the reference", lambda: _check_forward(case))]
-    checks += [
-        (
-            "batch",
-            f"batch vs alone, budget {b!r}, {dict(v)}",
-            lambda b=b, v=v: _check_batch(case, b, v),
-        )
-        for b in case.budgets
-        for v in case.variants
-    ]
-    checks += [
-        (
-            "kv_cache",
-            f"KV cache, budget {b!r}, {dict(v)}",
-            lambda b=b, v=v: _check_kv_cache(case, b, v),
-        )
-        for b in case.budgets
-        for v in case.variants
-    ]
-    checks += [
-        (
-            "pruner_input",
-            f"pruner input, budget {b!r}, {dict(v)}",
-            lambda b=b, v=v: _check_pruner_input(case, b, v),
-        )
-        for b in case.budgets
-        for v in case.variants
-    ]
+    checks += per_budget_and_variant("batch", "batch vs alone", _check_batch)
+    checks += per_budget_and_variant("kv_cache", "KV cache", _check_kv_cache)
+    checks += per_budget_and_variant("pruner_input", "pruner input", _check_pruner_input)
     checks += [("text", "each prompt's own text", lambda: _check_text(case))]
     checks += [("restored", "model restored", lambda: _check_restored(case))]
     checks += [
