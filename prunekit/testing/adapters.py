@@ -670,21 +670,26 @@ def _check_reference(case: AdapterCase, budget: Budget, variant: Mapping[str, An
         int(prompt.attention_mask.sum()) < int(inputs["attention_mask"].sum()),
         f"{what}: the reference prompt is not shorter than the unpruned one",
     )
-    decode = case.decode or generate_from
-    expected = decode(model, prompt, dict(case.generate_kwargs))
-    width = inputs["input_ids"].shape[1]
-    _compare(got[:, :width], inputs["input_ids"], f"{what}: generate's prompt part", None)
-    _compare(got[:, width:], expected, f"{what}: generated tokens vs the reference", None)
-    if step_logits is not None:
-        # equal tokens can hide wrong positions (a tiny model's argmax rarely flips): the
-        # logits of every decoded step must match the reference's too
+    reference_logits = None
+    if step_logits is None:
+        decode = case.decode or generate_from
+        expected = decode(model, prompt, dict(case.generate_kwargs))
+    else:  # generate_from's decoding, with the logits of every step kept
         with torch.no_grad():
             reference = model.generate(
                 **prompt.model_kwargs(generate=True), **case.generate_kwargs,
                 output_logits=True, return_dict_in_generate=True,
             )  # fmt: skip
+        new_tokens = int(case.generate_kwargs["max_new_tokens"])
+        expected, reference_logits = reference.sequences[:, -new_tokens:], reference.logits
+    width = inputs["input_ids"].shape[1]
+    _compare(got[:, :width], inputs["input_ids"], f"{what}: generate's prompt part", None)
+    _compare(got[:, width:], expected, f"{what}: generated tokens vs the reference", None)
+    if reference_logits is not None:
+        # equal tokens can hide wrong positions (a tiny model's argmax rarely flips): the
+        # logits of every decoded step must match the reference's too
         _compare(
-            tuple(step_logits), tuple(reference.logits),
+            tuple(step_logits), tuple(reference_logits),
             f"{what}: the logits of each decoded step vs the reference",
             case.tolerance or LOGITS_TOLERANCE,
         )  # fmt: skip
