@@ -36,11 +36,16 @@ class Picks:
         values: optional ``(B, num_keep, d)`` new values of the picked tokens,
             in pick order, for methods that merge dropped tokens into kept ones
             (e.g. VisionZip's contextual tokens); ``None`` keeps the originals.
+        counts: optional ``(B,)`` int64 tokens each sample keeps, for methods that
+            decide their own count (adaptive budgets: the budget is then a ceiling).
+            Each must be between 1 and the sample's ``inputs.keep_counts``; ``None``
+            keeps exactly ``inputs.keep_counts``.
     """
 
     order: torch.Tensor
     scores: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    counts: torch.Tensor | None = None
 
 
 def kept_counts(valid_counts: torch.Tensor, budget: Budget) -> torch.Tensor:
@@ -102,6 +107,12 @@ class TokenPruner(abc.ABC):
         """
         check_fields(self)
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether :meth:`select` chooses each sample's count (``Picks.counts``), the budget
+        being only its ceiling; then a budget covering every token still runs ``select``."""
+        return False
+
     def __repr__(self) -> str:
         # dataclass subclasses get their own; this covers pruners written with a plain __init__
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -154,7 +165,7 @@ class TokenPruner(abc.ABC):
         valid_counts = inputs.valid_counts
         counts = kept_counts(valid_counts, budget)
         n_tokens = inputs.num_tokens
-        if bool((counts == valid_counts).all()):
+        if bool((counts == valid_counts).all()) and not self.adaptive:
             return self._identity(inputs, valid_counts)
 
         num_keep = int(counts.max())
@@ -171,6 +182,8 @@ class TokenPruner(abc.ABC):
                 f"{type(self).__name__}.select must return int64 order of shape "
                 f"{(inputs.batch_size, num_keep)}, got {order.dtype} {tuple(order.shape)}"
             )
+        if picks.counts is not None:
+            counts = self._adaptive_counts(picks.counts, counts)
         slot = torch.arange(num_keep, device=order.device)
         live = slot.unsqueeze(0) < counts.unsqueeze(1)
         mask = torch.zeros(inputs.batch_size, n_tokens + 1, dtype=torch.bool, device=order.device)
@@ -194,6 +207,10 @@ class TokenPruner(abc.ABC):
                 )
             values = gather_rows(picks.values, permutation)
             values = values.masked_fill((indices == PAD_INDEX).unsqueeze(-1), 0.0)
+        width = int(counts.max())  # an adaptive count may leave trailing padding columns
+        indices = indices[:, :width]
+        if values is not None:
+            values = values[:, :width]
         scores = None if picks.scores is None else picks.scores.float()
         return PruneResult(
             indices=indices,
@@ -203,6 +220,24 @@ class TokenPruner(abc.ABC):
             scores=scores,
             values=values,
         )
+
+    def _adaptive_counts(self, chosen: object, ceiling: torch.Tensor) -> torch.Tensor:
+        """Check the counts a method chose for itself: ``(B,)`` int64 in ``[1, ceiling]``."""
+        name = type(self).__name__
+        if not isinstance(chosen, torch.Tensor) or chosen.dtype != torch.int64:
+            raise TypeError(f"{name}.select must return Picks.counts as an int64 tensor")
+        if tuple(chosen.shape) != tuple(ceiling.shape):
+            raise RuntimeError(
+                f"{name}.select returned counts of shape {tuple(chosen.shape)}, "
+                f"expected {tuple(ceiling.shape)}"
+            )
+        chosen = chosen.to(ceiling.device)
+        if bool(((chosen < 1) | (chosen > ceiling)).any()):
+            raise RuntimeError(
+                f"{name}.select returned counts outside [1, the budget's count] "
+                f"({chosen.tolist()} for at most {ceiling.tolist()})"
+            )
+        return chosen
 
     @abc.abstractmethod
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:

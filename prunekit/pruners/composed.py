@@ -65,7 +65,13 @@ class ComposedPruner(TokenPruner):
         self.selection = build_strategy("selection", self.selection, SelectionStrategy)
         self.required_signals = self.relevance.required_signals | self.selection.required_signals
 
+    @property
+    def adaptive(self) -> bool:
+        return bool(getattr(self.selection, "adaptive", False))
+
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         weights = self.relevance.weights(inputs)
-        order = self.selection.select(inputs, weights, num_keep)
-        return Picks(order=order, scores=weights)
+        picked = self.selection.select(inputs, weights, num_keep)
+        if isinstance(picked, Picks):  # a selection that decides its own counts
+            return Picks(order=picked.order, scores=weights, counts=picked.counts)
+        return Picks(order=picked, scores=weights)

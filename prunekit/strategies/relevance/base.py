@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import math
 from typing import ClassVar
 
 import torch
@@ -32,3 +33,32 @@ class RelevanceStrategy(abc.ABC):
     @abc.abstractmethod
     def weights(self, inputs: PruneInputs) -> torch.Tensor:
         """``(B, N)`` non-negative token weights."""
+
+
+def minmax_weights(
+    relevance: torch.Tensor,
+    valid: torch.Tensor,
+    informative: torch.Tensor,
+    *,
+    alpha: float,
+    eps: float,
+    tie_rtol: float,
+) -> torch.Tensor:
+    """Weights ``w_i = minmax(r)_i ** alpha`` from a raw relevance ``r`` ``(B, N)``.
+
+    The min and max run over each sample's ``valid`` tokens; relevances within
+    ``tie_rtol * (max r - min r)`` of the minimum count as the minimum (weight 0), so
+    float noise between duplicate tokens cannot decide which one is "the minimum".
+    Samples not ``informative`` ``(B,)`` (no text, no signal) and samples whose
+    relevance is flat (``max r - min r <= eps``) get ``w = 1``: a flat relevance ranks
+    nothing. Padded slots get 0. Every text-like relevance strategy ends with this.
+    """
+    r_min = relevance.masked_fill(~valid, math.inf).amin(dim=1, keepdim=True)
+    r_max = relevance.masked_fill(~valid, -math.inf).amax(dim=1, keepdim=True)
+    spread = r_max - r_min
+    normed = ((relevance - r_min) / (spread + eps)).clamp(0.0, 1.0)
+    normed = normed.masked_fill(relevance - r_min <= spread * tie_rtol, 0.0)
+    w = normed.pow(alpha)
+    keep = informative.view(-1, 1) & (spread > eps)
+    w = torch.where(keep, w, torch.ones_like(w))
+    return w.masked_fill(~valid, 0.0)

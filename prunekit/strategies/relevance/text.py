@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
-from prunekit.strategies.relevance.base import RelevanceStrategy
+from prunekit.strategies.relevance.base import RelevanceStrategy, minmax_weights
 
 #: how the cosines to the text rows become one relevance per token
 Aggregation = Literal["max", "mean", "pooled"]
@@ -140,15 +140,11 @@ class TextRelevance(RelevanceStrategy):
         )
 
     def weights(self, inputs: PruneInputs) -> torch.Tensor:
-        rel = self.relevance(inputs)
-        valid = inputs.token_mask
-        r_min = rel.masked_fill(~valid, math.inf).amin(dim=1, keepdim=True)
-        r_max = rel.masked_fill(~valid, -math.inf).amax(dim=1, keepdim=True)
-        spread = r_max - r_min
-        normed = ((rel - r_min) / (spread + self.eps)).clamp(0.0, 1.0)
-        # float noise between duplicate tokens must not decide which one is "the minimum"
-        normed = normed.masked_fill(rel - r_min <= spread * self.tie_rtol, 0.0)
-        w = normed.pow(self.alpha)
-        informative = inputs.has_text.unsqueeze(1) & (spread > self.eps)
-        w = torch.where(informative, w, torch.ones_like(w))
-        return w.masked_fill(~valid, 0.0)
+        return minmax_weights(
+            self.relevance(inputs),
+            inputs.token_mask,
+            inputs.has_text,
+            alpha=self.alpha,
+            eps=self.eps,
+            tie_rtol=self.tie_rtol,
+        )

@@ -9,6 +9,7 @@ import torch
 
 from prunekit.core.errors import check_fields
 from prunekit.core.inputs import PruneInputs
+from prunekit.core.pruner import Picks
 
 
 class SelectionStrategy(abc.ABC):
@@ -31,9 +32,18 @@ class SelectionStrategy(abc.ABC):
         annotation; a subclass adding value checks calls ``super().__post_init__()`` first."""
         check_fields(self)
 
+    @property
+    def adaptive(self) -> bool:
+        """Whether :meth:`select` chooses each sample's count (then it returns
+        :class:`prunekit.Picks` with ``order`` and ``counts``, the budget being a ceiling)."""
+        return False
+
     @abc.abstractmethod
-    def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
-        """``(B, num_keep)`` picks in priority order."""
+    def select(
+        self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int
+    ) -> torch.Tensor | Picks:
+        """``(B, num_keep)`` picks in priority order; an :attr:`adaptive` selection returns
+        ``Picks(order=..., counts=...)`` instead."""
 
 
 def rank_descending(
