@@ -37,7 +37,9 @@ def check_pruning_points(owner: str, points: Iterable[str] | None) -> None:
     if points is None:
         return
     if isinstance(points, str):
-        raise TypeError(f"{owner}: pruning_points must be a set of names, got the string {points!r}")
+        raise TypeError(
+            f"{owner}: pruning_points must be a set of names, got the string {points!r}"
+        )
     for point in sorted(points):
         if point not in PRUNING_POINTS:
             raise ValueError(
