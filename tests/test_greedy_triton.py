@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reference import resprune_reference
+from reference import residual_energies, resprune_reference
 
 from prunekit.kernels.greedy_triton import greedy_steps_triton, triton_available
 from prunekit.strategies.selection.greedy_residual import (
@@ -160,16 +160,28 @@ CASES = {
     "projection": projection_case(),
 }
 ORDER_CASE = random_case(10, 2, 32, 12, 14)
+#: cases whose residual sums (return_residuals=True) are checked against float64 projections
+RESIDUAL_CASES = ("random_f32_seed0", "random_f64_blocks", "duplicates", "beyond_rank", "padding")
+
+
+def residual_job(case: Case):
+    """greedy_residual_order on the Triton backend, with the residual sums."""
+    kwargs = {"method": "gram", "backend": "triton", "tie_rtol": case.tie_rtol}
+    kwargs["return_residuals"] = True
+    return "order", (case.tokens, case.weights, case.k, case.valid), kwargs
 
 
 def all_jobs():
     jobs = {name: case.job() for name, case in CASES.items()}
+    jobs.update({f"residuals_{name}": residual_job(CASES[name]) for name in RESIDUAL_CASES})
     order_args = (ORDER_CASE.tokens, ORDER_CASE.weights, ORDER_CASE.k)
     jobs["order_triton"] = ("order", order_args, {"method": "gram", "backend": "triton"})
     state = prepared(torch.randn(2, 5, 3), torch.ones(2, 5))
     jobs["zero_steps"] = ("steps", (*state, 0, 1e-5), {})
     empty = prepared(torch.randn(0, 5, 3), torch.ones(0, 5))
     jobs["empty_batch"] = ("steps", (*empty, 3, 1e-5), {})
+    jobs["zero_steps_residuals"] = ("steps", (*state, 0, 1e-5), {"return_residuals": True})
+    jobs["empty_batch_residuals"] = ("steps", (*empty, 3, 1e-5), {"return_residuals": True})
     return jobs
 
 
@@ -199,18 +211,19 @@ from triton.compiler import ASTSource
 from prunekit.kernels.greedy_triton import BLOCK_K, _jitted
 
 counts = {}
-for ty in ("fp32", "fp64"):
+for ty, residuals in (("fp32", False), ("fp64", False), ("fp32", True), ("fp64", True)):
     signature = {name: f"*{ty}" for name in ("gram_ptr", "energy_ptr", "tol_ptr", "weight_ptr")}
-    signature.update(avail_ptr="*i8", factor_ptr=f"*{ty}", pick_ptr="*i64", rtol_ptr=f"*{ty}")
-    signature.update(n="i32", num_keep="i32", BLOCK_N="constexpr", BLOCK_K="constexpr")
-    signature.update(IS_FP64="constexpr")
+    signature.update(avail_ptr="*i8", factor_ptr=f"*{ty}", pick_ptr="*i64", resid_ptr=f"*{ty}")
+    signature.update(rtol_ptr=f"*{ty}", n="i32", num_keep="i32", BLOCK_N="constexpr")
+    signature.update(BLOCK_K="constexpr", IS_FP64="constexpr", HAS_RESIDUALS="constexpr")
     constants = {"BLOCK_N": 256, "BLOCK_K": BLOCK_K, "IS_FP64": ty == "fp64"}
+    constants["HAS_RESIDUALS"] = residuals
     compiled = triton.compile(
         ASTSource(_jitted(False), signature, constexprs=constants),
         target=GPUTarget("cuda", 90, 32),
     )
     ptx = compiled.asm["ptx"]
-    counts[ty] = {
+    counts[f"{ty}{'_residuals' if residuals else ''}"] = {
         "cubin": len(compiled.asm["cubin"]),
         **{op: ptx.count(op) for op in ("bar.sync", f"sqrt.rn.f{ty[2:]}", f"div.rn.f{ty[2:]}")},
     }
@@ -227,8 +240,10 @@ def test_compiles_for_a_gpu(tmp_path):
     if done.returncode != 0 and "ptxas" in done.stderr:
         pytest.skip("Triton's ptxas cannot run here")
     assert done.returncode == 0, done.stderr[-4000:]
-    for ty, counts in json.loads(done.stdout.splitlines()[-1]).items():
-        bits = "f" + ty[2:]
+    compiled = json.loads(done.stdout.splitlines()[-1])
+    assert len(compiled) == 4, compiled  # float32 and float64, with and without residuals
+    for ty, counts in compiled.items():
+        bits = "f" + ty[2:4]
         assert counts["cubin"] > 0, ty
         assert counts[f"sqrt.rn.{bits}"] == 1 and counts[f"div.rn.{bits}"] == 1, counts
         assert counts["bar.sync"] >= 2, counts  # the kernel's own barriers at least
@@ -294,6 +309,40 @@ def test_greedy_residual_order_backend_triton(interpreted):
 def test_zero_steps_and_empty_batch(interpreted):
     assert picks_of(interpreted, "zero_steps").shape == (2, 0)
     assert picks_of(interpreted, "empty_batch").shape == (0, 3)
+    for name, shape in (("zero_steps_residuals", (2, 0)), ("empty_batch_residuals", (0, 3))):
+        (picks, residuals), unchanged = interpreted[name]
+        assert unchanged and picks.shape == shape and residuals.shape == shape
+
+
+def projected_residuals(tokens, valid, order) -> torch.Tensor:
+    """Float64 reference: per sample and prefix of ``order``, the residual energy of the
+    valid tokens after a least-squares projection onto the span of the prefix's valid picks."""
+    batch, n, _ = tokens.shape
+    valid = torch.ones(batch, n, dtype=torch.bool) if valid is None else valid
+    out = torch.zeros(order.shape, dtype=torch.float64)
+    for b in range(batch):
+        x = tokens[b].double().numpy()
+        rows = valid[b].numpy()
+        for k in range(order.shape[1]):
+            kept = sorted({p for p in order[b, : k + 1].tolist() if rows[p]})
+            out[b, k] = float(residual_energies(x, kept)[rows].sum())
+    return out
+
+
+@pytest.mark.parametrize("name", RESIDUAL_CASES)
+def test_residual_sums_match_the_projection_reference(interpreted, name):
+    """The kernel's residual sums equal float64 projections onto each prefix of its picks,
+    to the clamping (a residual at most rank_tol of a token's energy counts as 0)."""
+    case = CASES[name]
+    (picks, residuals), unchanged = interpreted[f"residuals_{name}"]
+    assert unchanged and residuals.dtype == case.tokens.dtype
+    assert torch.equal(picks, case.expected())
+    reference = projected_residuals(case.tokens, case.valid, picks)
+    energy = case.tokens.double().square().sum(-1)
+    if case.valid is not None:
+        energy = energy.masked_fill(~case.valid, 0.0)
+    slack = 2 * DEFAULT_RANK_TOL[case.tokens.dtype] * energy.sum(1, keepdim=True) + 1e-12
+    assert torch.all((residuals.double() - reference).abs() <= slack), (residuals, reference)
 
 
 def test_triton_available_follows_the_interpreter(monkeypatch):

@@ -486,8 +486,12 @@ def build_pruner(cfg: DictConfig | Mapping[str, Any]) -> Any:
     params = dict(_plain(cfg["pruner"]))
     name = params.pop("name")
     if name == "composed":
+        # pruner.merge, pruner.merge_norm, ...: the composed pruner's own keys
         return create_pruner(
-            "composed", relevance=_plain(cfg["relevance"]), selection=_plain(cfg["selection"])
+            "composed",
+            relevance=_plain(cfg["relevance"]),
+            selection=_plain(cfg["selection"]),
+            **params,
         )
     return create_pruner(name, **params)
 

@@ -14,6 +14,11 @@
  * Gram matrix (slot = identity, slot_step = 0). When a pick has no cached row (slot = -1) the
  * call stores the pick, changes nothing else and returns its step, so that the caller can
  * compute rows and call again from that step; it returns step_end when every step ran.
+ *
+ * residuals (NULL: not computed) receives, after each step, the sum of E over all n tokens,
+ * accumulated in double (callers zero the energies of padded tokens, which stay 0): the
+ * energy the kept span leaves unexplained, for adaptive budgets. It is a separate pass so
+ * that the update loop of the NULL path stays as it was.
  */
 #include <math.h>
 #include <stdint.h>
@@ -22,7 +27,7 @@
     int64_t NAME(int64_t n, int64_t step_begin, int64_t step_end, const T *rows,               \
                  const int64_t *slot, const int64_t *slot_step, T *factors, T *energy,         \
                  const T *tol, const T *weights, uint8_t *avail, double tie_rtol,              \
-                 int64_t *picks) {                                                             \
+                 int64_t *picks, T *residuals) {                                               \
         const T rtol = (T)tie_rtol;                                                            \
         for (int64_t step = step_begin; step < step_end; ++step) {                             \
             T best = -INFINITY, fill_best = -INFINITY;                                         \
@@ -66,6 +71,11 @@
                 energy[i] = e <= tol[i] ? (T)0 : e;                                            \
             }                                                                                  \
             avail[pick] = 0;                                                                   \
+            if (residuals) {                                                                   \
+                double sum = 0;                                                                \
+                for (int64_t i = 0; i < n; ++i) sum += energy[i];                              \
+                residuals[step] = (T)sum;                                                      \
+            }                                                                                  \
         }                                                                                      \
         return step_end;                                                                       \
     }

@@ -14,6 +14,9 @@ greedy_residual_order`'s PyTorch loop selects:
 
 Inputs are the prepared state of the loop: ``energy`` (already zeroed at or below
 ``tol``), ``tol``, ``weights`` and ``available`` (``B x N``); they are updated in place.
+With ``return_residuals=True`` both also return ``(B, K)`` residuals: after each step, the
+sum of ``energy`` over the ``N`` tokens (the caller zeroes padded tokens' energies, which
+then stay 0), accumulated in double by the kernel.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from prunekit.kernels.native import native_library
 DEFAULT_BLOCK_ROWS = 64
 
 
-def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(tensor.data_ptr())
+def _pointer(tensor: torch.Tensor | None) -> ctypes.c_void_p:
+    """The tensor's data pointer; ``None`` is the C ``NULL`` (an output not wanted)."""
+    return ctypes.c_void_p(None if tensor is None else tensor.data_ptr())
 
 
 def _kernel(dtype: torch.dtype):
@@ -63,8 +67,10 @@ def greedy_gram_cpu(
     available: torch.Tensor,
     num_keep: int,
     tie_rtol: float,
-) -> torch.Tensor:
-    """``(B, K)`` int64 picks from the ``(B, N, N)`` Gram matrices, one native call per sample."""
+    return_residuals: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``(B, K)`` int64 picks from the ``(B, N, N)`` Gram matrices, one native call per sample
+    (and the ``(B, K)`` residuals with ``return_residuals``, see the module docstring)."""
     batch, n, _ = gram.shape
     kernel = _kernel(gram.dtype)
     gram = gram.contiguous()
@@ -73,13 +79,15 @@ def greedy_gram_cpu(
     slot_step = torch.zeros(n, dtype=torch.int64)  # nothing subtracted from the Gram rows yet
     factors = gram.new_empty(num_keep, n)
     picks = torch.empty(batch, num_keep, dtype=torch.int64)
+    residuals = gram.new_empty(batch, num_keep) if return_residuals else None
     for b in range(batch):
         kernel(
             n, 0, num_keep, _pointer(gram[b]), _pointer(slot), _pointer(slot_step),
             _pointer(factors), _pointer(energy[b]), _pointer(tol[b]), _pointer(weights[b]),
             _pointer(available[b]), tie_rtol, _pointer(picks[b]),
+            _pointer(None if residuals is None else residuals[b]),
         )  # fmt: skip
-    return picks
+    return picks if residuals is None else (picks, residuals)
 
 
 def greedy_rows_cpu(
@@ -91,8 +99,10 @@ def greedy_rows_cpu(
     num_keep: int,
     tie_rtol: float,
     block_rows: int = DEFAULT_BLOCK_ROWS,
-) -> torch.Tensor:
-    """``(B, K)`` int64 picks from the ``(B, N, d)`` tokens without an ``N x N`` matrix."""
+    return_residuals: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """``(B, K)`` int64 picks from the ``(B, N, d)`` tokens without an ``N x N`` matrix
+    (and the ``(B, K)`` residuals with ``return_residuals``, see the module docstring)."""
     batch, n, _ = tokens.shape
     kernel = _kernel(tokens.dtype)
     if block_rows < 1:
@@ -102,6 +112,7 @@ def greedy_rows_cpu(
     block_rows = min(block_rows, n)
     factors = tokens.new_empty(num_keep, n)
     picks = torch.empty(batch, num_keep, dtype=torch.int64)
+    residuals = tokens.new_empty(batch, num_keep) if return_residuals else None
     rows = tokens.new_empty(block_rows, n)
     slot = torch.empty(n, dtype=torch.int64)
     slot_step = torch.empty(block_rows, dtype=torch.int64)
@@ -114,6 +125,7 @@ def greedy_rows_cpu(
                 n, step, num_keep, _pointer(rows), _pointer(slot), _pointer(slot_step),
                 _pointer(factors), _pointer(energy[b]), _pointer(tol[b]), _pointer(weights[b]),
                 _pointer(available[b]), tie_rtol, _pointer(picks[b]),
+                _pointer(None if residuals is None else residuals[b]),
             )  # fmt: skip
             if step == num_keep:
                 break
@@ -126,7 +138,7 @@ def greedy_rows_cpu(
             slot.fill_(-1)
             slot[block] = torch.arange(count)
             slot_step.fill_(step)
-    return picks
+    return picks if residuals is None else (picks, residuals)
 
 
 def _next_block(pick, energy, weights, available, block_rows) -> torch.Tensor:

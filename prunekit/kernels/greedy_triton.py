@@ -7,6 +7,8 @@ a GPU. :func:`greedy_steps_triton` runs all ``K`` steps of a sample inside one p
 passes over the ``N`` tokens in blocks of ``BLOCK_N``: the best score, the first token
 near it, then the new factor row and residual energies. The factor rows (``B x K x N``),
 the energies and the availability live in global scratch that the wrapper allocates.
+With ``return_residuals`` the third pass also sums the new energies (in float64) into
+one residual per step, for adaptive budgets; without, that code is compiled out.
 
 Triton is imported, and the kernel jitted, on first use: the module imports without
 Triton, and ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, which runs on CPU tensors)
@@ -42,12 +44,14 @@ def _greedy_steps_kernel(
     avail_ptr,  # (B, N) int8 scratch: 1 while a token can be picked
     factor_ptr,  # (B, K, N) scratch: rows of the incremental Cholesky factor
     pick_ptr,  # (B, K) int64 output
+    resid_ptr,  # (B, K) output: sum of the energies after each step (if HAS_RESIDUALS)
     rtol_ptr,  # (1,) tie_rtol in the data's dtype
     n,
     num_keep,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     IS_FP64: tl.constexpr,
+    HAS_RESIDUALS: tl.constexpr,
 ):
     sample = tl.program_id(0).to(tl.int64)
     gram_ptr += sample * n * n
@@ -57,6 +61,7 @@ def _greedy_steps_kernel(
     avail_ptr += sample * n
     factor_ptr += sample * num_keep * n
     pick_ptr += sample * num_keep
+    resid_ptr += sample * num_keep
     dtype = energy_ptr.dtype.element_ty
     rtol = tl.load(rtol_ptr)
     offsets = tl.arange(0, BLOCK_N)
@@ -104,6 +109,7 @@ def _greedy_steps_kernel(
         tl.debug_barrier()  # every thread has read E[pick] before pass 3 writes it
 
         # pass 3: factor row = (Gram row - earlier factors' share) * scale; energies shrink
+        resid_vec = tl.zeros([BLOCK_N], tl.float64)
         for start in range(0, n, BLOCK_N):
             idx = start + offsets
             inside = idx < n
@@ -123,7 +129,12 @@ def _greedy_steps_kernel(
             e = tl.load(energy_ptr + idx, mask=inside, other=0.0)
             t = tl.load(tol_ptr + idx, mask=inside, other=0.0)
             e = e - column * column
-            tl.store(energy_ptr + idx, tl.where(e <= t, 0.0, e), mask=inside)
+            e = tl.where(e <= t, 0.0, e)
+            tl.store(energy_ptr + idx, e, mask=inside)
+            if HAS_RESIDUALS:
+                resid_vec += tl.where(inside, e, 0.0).to(tl.float64)
+        if HAS_RESIDUALS:
+            tl.store(resid_ptr + step, tl.sum(resid_vec, axis=0).to(dtype))
         tl.store(avail_ptr + pick, 0)
         tl.debug_barrier()  # the next step reads what every thread wrote
 
@@ -188,7 +199,8 @@ def greedy_steps_triton(
     available: torch.Tensor,
     num_keep: int,
     tie_rtol: float,
-) -> torch.Tensor:
+    return_residuals: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The ``K`` greedy steps of :func:`~prunekit.strategies.selection.greedy_residual.
     greedy_residual_order`'s Gram path in one Triton launch, one program per sample.
 
@@ -201,17 +213,23 @@ def greedy_steps_triton(
         num_keep: steps to run (``K``).
         tie_rtol: scores within this relative distance of the best are ties, won by the
             lowest index.
+        return_residuals: also return the ``(B, K)`` sums of the energies over the ``N``
+            tokens after each step (summed in float64, stored in ``gram``'s dtype).
 
     Returns:
-        ``(B, K)`` int64 picks in the order they were made; the inputs are not modified.
+        ``(B, K)`` int64 picks in the order they were made (and the residuals with
+        ``return_residuals``); the inputs are not modified.
 
     All tensors on one CUDA device, or anywhere under ``TRITON_INTERPRET=1``.
     """
     _check_args(gram, energy, tol, weights, available, num_keep, tie_rtol)
     batch, n, _ = gram.shape
     picks = torch.empty(batch, num_keep, dtype=torch.int64, device=gram.device)
+    # without residuals the kernel never touches resid_ptr: any pointer of the dtype will do
+    residuals = gram.new_empty(batch, num_keep) if return_residuals else gram.new_empty(1)
+    done = (picks, residuals) if return_residuals else picks
     if batch == 0 or num_keep == 0:
-        return picks
+        return done
     kernel = _jitted(triton_interpreting())
     factors = gram.new_empty(batch, num_keep, n)
     rtol = torch.full((1,), tie_rtol, dtype=gram.dtype, device=gram.device)
@@ -224,11 +242,13 @@ def greedy_steps_triton(
         available.to(torch.int8, memory_format=torch.contiguous_format),  # scratch copy
         factors,
         picks,
+        residuals,
         rtol,
         n,
         num_keep,
         BLOCK_N=block_n,
         BLOCK_K=BLOCK_K,
         IS_FP64=gram.dtype == torch.float64,
+        HAS_RESIDUALS=return_residuals,
     )
-    return picks
+    return done

@@ -103,6 +103,6 @@ def native_library() -> ctypes.CDLL | None:
     pointer, i64 = ctypes.c_void_p, ctypes.c_int64
     for name in ("prunekit_greedy_f32", "prunekit_greedy_f64"):
         function = getattr(library, name)
-        function.argtypes = [i64, i64, i64] + [pointer] * 8 + [ctypes.c_double, pointer]
+        function.argtypes = [i64, i64, i64] + [pointer] * 8 + [ctypes.c_double, pointer, pointer]
         function.restype = i64
     return library

@@ -8,6 +8,7 @@ from typing import Any
 
 from prunekit.core.inputs import PruneInputs
 from prunekit.core.pruner import Picks, TokenPruner
+from prunekit.strategies.merge import MergeMethod, merge_dropped
 from prunekit.strategies.relevance.base import RelevanceStrategy
 from prunekit.strategies.selection.base import SelectionStrategy
 
@@ -50,6 +51,13 @@ class ComposedPruner(TokenPruner):
             built into a strategy object at construction.
         selection: the same for a :class:`SelectionStrategy` (``"greedy_residual"``,
             ``"topk"``, ``"random"``, ...).
+        merge: what becomes of the dropped tokens: ``"none"`` drops them;
+            ``"lstsq"`` merges each into the kept token it loads on most in its
+            least-squares projection on the kept span, ``"nearest"`` into the kept token
+            of highest cosine; a kept token becomes the mean of itself and the tokens
+            merged into it (the result's ``values``, see :mod:`prunekit.strategies.merge`).
+        merge_norm: rescale each merged token to the norm of the kept token it replaces
+            (averaging shrinks norms, and a language model is sensitive to them).
 
     The result's ``scores`` are the relevance weights.
     """
@@ -58,6 +66,8 @@ class ComposedPruner(TokenPruner):
 
     relevance: RelevanceSpec = "none"
     selection: SelectionSpec = "greedy_residual"
+    merge: MergeMethod = "none"
+    merge_norm: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,5 +83,20 @@ class ComposedPruner(TokenPruner):
         weights = self.relevance.weights(inputs)
         picked = self.selection.select(inputs, weights, num_keep)
         if isinstance(picked, Picks):  # a selection that decides its own counts
-            return Picks(order=picked.order, scores=weights, counts=picked.counts)
-        return Picks(order=picked, scores=weights)
+            picks = Picks(order=picked.order, scores=weights, counts=picked.counts)
+        else:
+            picks = Picks(order=picked, scores=weights)
+        if self.merge == "none":
+            return picks
+        counts = picks.counts if picks.counts is not None else inputs.keep_counts
+        if counts is None:  # select called directly, outside prune
+            counts = inputs.valid_counts.clamp(max=num_keep)
+        values = merge_dropped(
+            inputs.tokens,
+            inputs.token_mask,
+            picks.order,
+            counts.to(picks.order.device),
+            self.merge,
+            preserve_norm=self.merge_norm,
+        )
+        return Picks(order=picks.order, scores=weights, values=values, counts=picks.counts)

@@ -5,7 +5,9 @@ x ``GreedyResidualSelection``: at every step it keeps the token maximising
 ``w_i * ||x_i - P_S x_i||^2``, where ``w_i`` is the min-max normalised text
 relevance raised to ``alpha``. It runs on post-projector visual tokens and needs
 no attention map. Without text (or when the prompt has no usable word) all
-weights are 1: pure residual-energy selection.
+weights are 1: pure residual-energy selection. With ``energy`` the budget is adaptive:
+each image keeps the shortest greedy prefix that explains that fraction of its token
+energy (the budget being the ceiling).
 """
 
 from __future__ import annotations
@@ -41,8 +43,16 @@ class ResPrune(ComposedPruner):
         max_gram_bytes: memory bound above which ``"auto"`` avoids the ``N x N`` Gram matrix.
         backend: what runs the greedy steps, ``"auto"``, ``"native"``, ``"triton"`` or
             ``"torch"`` (see :func:`selection_backend`); all select the same tokens.
+        energy: adaptive budget, in ``(0, 1]``: each sample keeps the fewest greedy picks
+            whose span leaves at most ``1 - energy`` of its total (unweighted) token energy
+            unexplained, the budget's count being the ceiling (see :func:`energy_counts`);
+            ``None`` keeps exactly the budget.
+        min_keep: with ``energy``, the fewest tokens a sample keeps (``>= 1``).
 
     ``relevance`` and ``selection`` are built from these (not constructor arguments).
+    ``merge`` (``"none"``, ``"lstsq"``, ``"nearest"``) and ``merge_norm`` come from
+    :class:`ComposedPruner`: ``ResPrune(merge="lstsq")`` merges each dropped token into
+    the kept token it loads on most in its projection on the kept span.
     """
 
     name = "resprune"
@@ -55,6 +65,8 @@ class ResPrune(ComposedPruner):
     method: GramMethod = "auto"
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
     backend: Backend = "auto"
+    energy: float | None = None
+    min_keep: int = 1
     relevance: TextRelevance = field(init=False, repr=False)
     selection: GreedyResidualSelection = field(init=False, repr=False)
 
@@ -68,5 +80,7 @@ class ResPrune(ComposedPruner):
             method=self.method,
             max_gram_bytes=self.max_gram_bytes,
             backend=self.backend,
+            energy=self.energy,
+            min_keep=self.min_keep,
         )
         super().__post_init__()

@@ -369,17 +369,37 @@ def check_well_formed(result: PruneResult, tokens: torch.Tensor, counts: Sequenc
         )
 
 
+def _expected_counts(
+    pruner: TokenPruner, result: PruneResult, lengths: Sequence[int], budget: Budget
+) -> list[int]:
+    """The counts ``result`` must have: ``num_kept`` per sample, or, for an adaptive
+    pruner (:attr:`~prunekit.TokenPruner.adaptive`), its own, each in ``[1, num_kept]``."""
+    ceilings = [num_kept(n, budget) for n in lengths]
+    if not pruner.adaptive:
+        return ceilings
+    counts = result.counts.tolist()
+    _expect(
+        all(1 <= c <= k for c, k in zip(counts, ceilings)),
+        f"an adaptive pruner keeps between 1 and the budget's count {ceilings}, got {counts}",
+    )
+    return counts
+
+
 def _check_kept_count(make: Callable[[], TokenPruner], budget: Budget) -> None:
     pruner = make()
     tokens, text, signals = _inputs(pruner, torch.Generator().manual_seed(SEED))
     result = pruner.prune(tokens, budget=budget, text_embeds=text, signals=signals)
-    check_well_formed(result, tokens, [num_kept(tokens.shape[1], budget)] * tokens.shape[0])
+    lengths = [tokens.shape[1]] * tokens.shape[0]
+    check_well_formed(result, tokens, _expected_counts(pruner, result, lengths, budget))
 
 
 def _check_identity(make: Callable[[], TokenPruner], budget: Budget) -> None:
     pruner = make()
     tokens, text, signals = _inputs(pruner, torch.Generator().manual_seed(SEED))
     result = pruner.prune(tokens, budget=budget, text_embeds=text, signals=signals)
+    if pruner.adaptive:  # the budget is only a ceiling: the selection still runs
+        check_well_formed(result, tokens, _expected_counts(pruner, result, [40] * 3, budget))
+        return
     _expect(
         torch.equal(result.indices, torch.arange(40).expand(3, -1)),
         f"budget {budget!r} covers all 40 tokens: the result must be the identity",
@@ -408,14 +428,17 @@ def _check_batch_invariance(make: Callable[[], TokenPruner]) -> None:
         alone = pruner.prune(
             tokens[rows], budget=10, text_embeds=text[rows], signals=_rows(signals, rows)
         )
+        count = int(batched.counts[i])  # an adaptive pruner's counts may differ per sample
         _expect(
-            torch.equal(alone.indices[0], batched.indices[i]),
-            f"sample {i} alone keeps {alone.indices[0].tolist()}, in a batch of 4 "
-            f"{batched.indices[i].tolist()}",
+            torch.equal(alone.split()[0], batched.split()[i]),
+            f"sample {i} alone keeps {alone.split()[0].tolist()}, in a batch of 4 "
+            f"{batched.split()[i].tolist()}",
         )
         _expect(
             torch.allclose(
-                alone.kept_tokens(tokens[rows])[0], batched.kept_tokens(tokens)[i], **_TOL
+                alone.kept_tokens(tokens[rows])[0, :count],
+                batched.kept_tokens(tokens)[i, :count],
+                **_TOL,
             ),
             f"sample {i}: the kept (merged) tokens depend on the other samples of the batch",
         )
@@ -434,7 +457,7 @@ def _check_dtype(make: Callable[[], TokenPruner], dtype: torch.dtype) -> None:
     tokens, text, signals = _inputs(pruner, torch.Generator().manual_seed(SEED))
     low, low_text, low_signals = tokens.to(dtype), text.to(dtype), _cast(signals, dtype)
     result = pruner.prune(low, budget=8, text_embeds=low_text, signals=low_signals)
-    check_well_formed(result, low, [8] * 3)
+    check_well_formed(result, low, _expected_counts(pruner, result, [40] * 3, 8))
     reference = make().prune(
         low.float(),
         budget=8,
@@ -462,7 +485,7 @@ def _check_ragged(make: Callable[[], TokenPruner], budget: Budget) -> None:
     result = pruner.prune(
         garbage, budget=budget, text_embeds=text, token_mask=mask, signals=garbage_signals
     )
-    counts = [num_kept(n, budget) for n in lengths]
+    counts = _expected_counts(pruner, result, lengths, budget)
     check_well_formed(result, garbage, counts)
     _expect(not (result.mask & ~mask).any(), "a padded token was kept")
     _expect(result.valid_counts.tolist() == lengths, f"valid_counts must be {lengths}")
@@ -528,7 +551,7 @@ def _check_problem(make: Callable[[], TokenPruner], problem: dict[str, Any]) -> 
     signals = synthesize_signals(pruner.required_signals, b, n, d, generator)
     result = pruner.prune(tokens, budget=budget, text_embeds=text, token_mask=mask, signals=signals)
     lengths = mask.sum(1).tolist()
-    expected = [num_kept(length, budget) for length in lengths]
+    expected = _expected_counts(pruner, result, lengths, budget)
     check_well_formed(result, tokens, expected)
     _expect(not (result.mask & ~mask).any(), "a padded token was kept")
     _expect(result.mask.sum(1).tolist() == expected, "mask does not keep the budget")

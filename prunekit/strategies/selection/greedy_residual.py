@@ -18,6 +18,12 @@ rank, or only zero-weight tokens are left), the rest are filled in order of
 weight, ties to the lowest index; picking such a token still projects out
 whatever direction it adds. Ties are scores within ``tie_rtol`` (relative) of
 the best, so duplicate tokens are broken the same way whatever the batch shape.
+
+Adaptive budgets (``energy``): each sample keeps the shortest prefix of its greedy
+order whose span explains at least ``energy`` of its total token energy, i.e. leaves
+``sum_i ||x_i - P_S x_i||^2 <= (1 - energy) * sum_i ||x_i||^2`` over its valid tokens
+(:func:`energy_counts`); the budget is then a ceiling. The residual sums come out of the
+same greedy loop (``return_residuals``), so the adaptive count costs ``O(N)`` per step.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 
 from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
+from prunekit.core.pruner import Picks
 from prunekit.kernels.greedy_cpu import greedy_gram_cpu, greedy_rows_cpu
 from prunekit.kernels.native import native_library
 from prunekit.kernels.triton_support import triton_available, triton_interpreting
@@ -129,7 +136,8 @@ def greedy_residual_order(
     method: GramMethod = "auto",
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES,
     backend: Backend = "auto",
-) -> torch.Tensor:
+    return_residuals: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy weighted residual selection, batched.
 
     Args:
@@ -149,9 +157,16 @@ def greedy_residual_order(
             (CUDA, Gram path: all steps of the batch in one kernel launch), ``"torch"``
             (the reference loop of PyTorch operations, any device) or ``"auto"``. All
             select the same tokens; they differ only in float rounding order.
+        return_residuals: also return, after every step, the residual energy the kept span
+            leaves in the sample: ``sum_i ||x_i - P_S x_i||^2`` over its valid tokens
+            (unweighted, each term clamped as above), for adaptive budgets
+            (:func:`energy_counts`). Every backend records it as it updates the energies,
+            ``O(N)`` per step, summed in float64.
 
     Returns:
-        ``(B, K)`` int64 picks in the order they were made.
+        ``(B, K)`` int64 picks in the order they were made; with ``return_residuals``,
+        ``(picks, residuals)``, residuals ``(B, K)`` in the tokens' dtype (column ``k``:
+        after ``k + 1`` picks).
     """
     batch, n, _ = tokens.shape
     device, dtype = tokens.device, tokens.dtype
@@ -170,21 +185,23 @@ def greedy_residual_order(
         energy = torch.einsum("bnd,bnd->bn", tokens, tokens)
 
     # Residual energies E_S; a token at or below ``tol`` is explained and held at exactly 0,
-    # so that its score w * E is 0 (energies only decrease: it stays explained).
+    # so that its score w * E is 0 (energies only decrease: it stays explained). Padded
+    # tokens start (and so stay) at 0: they are never picked while a valid token is left,
+    # and the residual sums then cover the valid tokens only.
     tol = energy * rank_tol
-    energy = energy.masked_fill(energy <= tol, 0.0)
+    energy = energy.masked_fill((energy <= tol) | ~valid, 0.0)
     weights = weights.detach().to(dtype).contiguous()
     available = valid.contiguous().clone()
     state = (energy, tol, weights, available, num_keep, tie_rtol)
     if backend == "native":
         if gram is not None:
-            return greedy_gram_cpu(gram, *state)
-        return greedy_rows_cpu(tokens, *state)
+            return greedy_gram_cpu(gram, *state, return_residuals=return_residuals)
+        return greedy_rows_cpu(tokens, *state, return_residuals=return_residuals)
     if backend == "triton":
         from prunekit.kernels.greedy_triton import greedy_steps_triton
 
-        return greedy_steps_triton(gram, *state)
-    return _greedy_torch(tokens, gram, *state)
+        return greedy_steps_triton(gram, *state, return_residuals=return_residuals)
+    return _greedy_torch(tokens, gram, *state, return_residuals=return_residuals)
 
 
 def _greedy_torch(
@@ -196,7 +213,8 @@ def _greedy_torch(
     available: torch.Tensor,
     num_keep: int,
     tie_rtol: float,
-) -> torch.Tensor:
+    return_residuals: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The reference loop: ``K`` steps of PyTorch operations, batched, on any device.
 
     ``gram`` is ``(B, N, N)`` or ``None`` (then one Gram row per step from ``tokens``).
@@ -211,6 +229,7 @@ def _greedy_torch(
         gram = gram.view(batch * n, n)
     neg_inf = torch.full((), -torch.inf, dtype=tokens.dtype, device=tokens.device)
     factors = tokens.new_empty(batch, num_keep, n)  # rows of the incremental Cholesky factor
+    residuals = tokens.new_empty(batch, num_keep) if return_residuals else None
     picks = []
     for step in range(num_keep):
         score = torch.where(available, weights * energy, neg_inf)
@@ -239,14 +258,57 @@ def _greedy_torch(
         energy.masked_fill_(energy <= tol, 0.0)
         available.scatter_(1, pick, False)
         picks.append(pick)
-    return torch.cat(picks, dim=1)
+        if residuals is not None:
+            residuals[:, step] = energy.sum(dim=1, dtype=torch.float64)
+    order = torch.cat(picks, dim=1) if picks else available.new_empty(batch, 0, dtype=torch.int64)
+    return order if residuals is None else (order, residuals)
+
+
+def energy_counts(
+    residuals: torch.Tensor,
+    total: torch.Tensor,
+    energy: float,
+    min_keep: int,
+    ceiling: torch.Tensor | int,
+) -> torch.Tensor:
+    """Per sample, the fewest greedy picks whose span explains ``energy`` of the total.
+
+    Args:
+        residuals: ``(B, K)`` residual energy left after each step (column ``k``: after
+            ``k + 1`` picks), from ``greedy_residual_order(..., return_residuals=True)``.
+        total: ``(B,)`` the samples' total energy ``sum_i ||x_i||^2`` over valid tokens.
+        energy: the fraction of ``total`` to explain, in ``(0, 1]``.
+        min_keep: the floor, ``>= 1``.
+        ceiling: ``(B,)`` (or one int) most tokens a sample keeps, the budget's count.
+
+    Returns:
+        ``(B,)`` int64: the first ``k`` with ``residuals[:, k - 1] <= (1 - energy) * total``
+        (compared in float64), the ceiling when no step reaches it, then clamped to
+        ``[min_keep, ceiling]`` (the ceiling wins over the floor).
+    """
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    if min_keep < 1:
+        raise ValueError(f"min_keep must be >= 1, got {min_keep}")
+    batch, steps = residuals.shape
+    ceiling = torch.as_tensor(ceiling, dtype=torch.int64, device=residuals.device).expand(batch)
+    threshold = (1.0 - energy) * total.to(device=residuals.device, dtype=torch.float64)
+    met = residuals.to(torch.float64) <= threshold.unsqueeze(1)  # (B, K)
+    # the first step that meets it (argmax of bool: the first True), else the ceiling
+    first = met.to(torch.uint8).argmax(dim=1) + 1 if steps else ceiling
+    counts = torch.where(met.any(dim=1), first, ceiling)
+    return torch.minimum(counts.clamp_min(min_keep), ceiling)
 
 
 @dataclass
 class GreedyResidualSelection(SelectionStrategy):
     """Greedy subspace expansion by weighted residual energy (ResPrune's selection).
 
-    See :func:`greedy_residual_order` for the parameters.
+    See :func:`greedy_residual_order` for the parameters. With ``energy`` set the
+    selection is adaptive: each sample keeps the fewest greedy picks (at least
+    ``min_keep``, at most the budget's count) whose span explains ``energy`` of its
+    total (unweighted) token energy, see :func:`energy_counts`; ``min_keep`` is
+    ignored without ``energy``.
     """
 
     rank_tol: float | None = None
@@ -254,6 +316,8 @@ class GreedyResidualSelection(SelectionStrategy):
     method: GramMethod = "auto"
     max_gram_bytes: int = DEFAULT_MAX_GRAM_BYTES
     backend: Backend = "auto"
+    energy: float | None = None
+    min_keep: int = 1
 
     name = "greedy_residual"
 
@@ -265,9 +329,19 @@ class GreedyResidualSelection(SelectionStrategy):
             raise ValueError(f"tie_rtol must be in [0, 1), got {self.tie_rtol}")
         if self.max_gram_bytes < 0:
             raise ValueError(f"max_gram_bytes must be >= 0, got {self.max_gram_bytes}")
+        if self.energy is not None and not (0 < self.energy <= 1):
+            raise ValueError(f"energy must be in (0, 1] or None, got {self.energy}")
+        if self.min_keep < 1:
+            raise ValueError(f"min_keep must be >= 1, got {self.min_keep}")
 
-    def select(self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int) -> torch.Tensor:
-        return greedy_residual_order(
+    @property
+    def adaptive(self) -> bool:
+        return self.energy is not None
+
+    def select(
+        self, inputs: PruneInputs, weights: torch.Tensor, num_keep: int
+    ) -> torch.Tensor | Picks:
+        picked = greedy_residual_order(
             inputs.tokens,
             weights,
             num_keep,
@@ -277,4 +351,13 @@ class GreedyResidualSelection(SelectionStrategy):
             method=self.method,
             max_gram_bytes=self.max_gram_bytes,
             backend=self.backend,
+            return_residuals=self.energy is not None,
         )
+        if self.energy is None:
+            return picked
+        order, residuals = picked
+        tokens = inputs.tokens.detach()
+        norms = torch.einsum("bnd,bnd->bn", tokens, tokens).masked_fill(~inputs.token_mask, 0.0)
+        total = norms.sum(dim=1, dtype=torch.float64)
+        counts = energy_counts(residuals, total, self.energy, self.min_keep, inputs.keep_counts)
+        return Picks(order=order, counts=counts)
