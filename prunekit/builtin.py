@@ -11,7 +11,7 @@ from prunekit.adapters.open_clip_vit import OpenClipViTAdapter
 from prunekit.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from prunekit.adapters.qwen3_vl import Qwen3VLAdapter
 from prunekit.adapters.timm_vit import TimmViTAdapter
-from prunekit.pruners import ComposedPruner, ResPrune
+from prunekit.pruners import ComposedPruner, ResPrune, ScoreMass
 from prunekit.registry import hookimpl
 from prunekit.strategies import (
     GreedyResidualSelection,
@@ -20,6 +20,9 @@ from prunekit.strategies import (
     TextRelevance,
     TopKSelection,
 )
+from prunekit.strategies.relevance.clip_text import ClipTextRelevance
+from prunekit.strategies.relevance.llm_attention import LLMAttentionRelevance
+from prunekit.strategies.relevance.logit_lens import LogitLensRelevance
 from prunekit.text.nouns import HeuristicNounExtractor, SpacyNounExtractor
 
 
@@ -29,8 +32,12 @@ def prunekit_register(registry) -> None:
     # each class carries its registry key (``ResPrune.name == "resprune"``)
     registry.add_pruner(ResPrune)
     registry.add_pruner(ComposedPruner)
+    registry.add_pruner(ScoreMass)
     registry.add_relevance(NoRelevance)
     registry.add_relevance(TextRelevance)
+    registry.add_relevance(ClipTextRelevance)
+    registry.add_relevance(LLMAttentionRelevance)
+    registry.add_relevance(LogitLensRelevance)
     registry.add_selection(GreedyResidualSelection)
     registry.add_selection(TopKSelection)
     registry.add_selection(RandomSelection)

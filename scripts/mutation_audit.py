@@ -63,6 +63,7 @@ GREEDY = "prunekit/strategies/selection/greedy_residual.py"
 KERNEL = "prunekit/kernels/greedy_cpu.c"
 KERNEL_PY = "prunekit/kernels/greedy_cpu.py"
 TEXT = "prunekit/strategies/relevance/text.py"
+RELEVANCE_BASE = "prunekit/strategies/relevance/base.py"
 VLM_ADAPTER = "prunekit/adapters/vlm.py"
 ENCODER_ADAPTER = "prunekit/adapters/encoder.py"
 
@@ -104,10 +105,10 @@ MUTANTS = (
            RELEVANCE, "mean divides by every text row, padded ones included"),
     Mutant("relevance_dot_not_cosine", TEXT, ".clamp_min(1e-12).reciprocal()",
            ".clamp_min(1e-12).reciprocal() * 0 + 1", RELEVANCE, "dot products instead of cosines"),
-    Mutant("relevance_minmax_by_max", TEXT, "normed = ((rel - r_min) / (spread + self.eps))",
-           "normed = ((rel - r_min) / (r_max.abs() + self.eps))", RELEVANCE,
+    Mutant("relevance_minmax_by_max", RELEVANCE_BASE, "normed = ((relevance - r_min) / (spread + eps))",
+           "normed = ((relevance - r_min) / (r_max.abs() + eps))", RELEVANCE,
            "min-max normalisation divides by max instead of max - min"),
-    Mutant("relevance_alpha_ignored", TEXT, "w = normed.pow(self.alpha)", "w = normed", RELEVANCE,
+    Mutant("relevance_alpha_ignored", RELEVANCE_BASE, "w = normed.pow(alpha)", "w = normed", RELEVANCE,
            "the guidance strength alpha is ignored"),
     # -- the pruner contract
     Mutant("weights_of_another_sample", "prunekit/pruners/composed.py",

@@ -28,6 +28,9 @@ READERS = [
     ("fastv", {}),
     ("dart", {}),
     ("resprune", {"center": "embedding_mean"}),
+    ("composed", {"relevance": "llm_attention"}),
+    ("composed", {"relevance": "logit_lens"}),
+    ("composed", {"relevance": "clip_text"}),
 ]
 
 

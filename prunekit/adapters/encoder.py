@@ -50,6 +50,16 @@ by every image of a batch; ``(B, M, D_joint)`` gives each image its own rows.
 Text options on a model without a joint space (DINOv2, timm ViTs, a CLIP vision
 tower without projection) raise ``ValueError``.
 
+A pruner that requires the signal ``joint_text_cosine`` (the relevance
+``clip_text``, :class:`~prunekit.strategies.relevance.clip_text.ClipTextRelevance`)
+gets the other split, CDPruner's: its tokens are the *raw* patch hidden states
+(so its selection runs on what the model keeps) and no ``text_embeds``; the
+joint space enters only through the signal, the ``(B, P, M)`` cosines between
+the patch tokens mapped by the same head and the ``M`` text rows, computed in at
+least float32. The adapter provides the signal only with text options on a
+model with a joint space (:meth:`EncoderAdapter.available_signals`);
+``attach`` refuses such a pruner otherwise.
+
 Downstream: pooling that reads the prefix tokens (CLS pooling), averages the
 patch tokens, or attends over them (SigLIP's and timm's ``map`` heads) works on
 any token count. ``last_hidden_state`` and the ``hidden_states`` after the
@@ -71,6 +81,7 @@ import torch
 
 from prunekit.adapters.base import Adapter, Undo, override_attribute, undo_on_error
 from prunekit.adapters.layout import TokenLayout, patch_grid_layout
+from prunekit.core.inputs import compute_dtype
 from prunekit.core.points import IN_ENCODER
 
 if TYPE_CHECKING:
@@ -78,6 +89,9 @@ if TYPE_CHECKING:
 
 #: Maps ``(B, P, D)`` hidden states into the joint image-text space ``(B, P, D_joint)``.
 JointProjection = Callable[[torch.Tensor], torch.Tensor]
+
+#: the signal of patch-text cosines in the joint space (see :mod:`prunekit.core.signals`)
+JOINT_TEXT_COSINE = "joint_text_cosine"
 
 
 def check_layer(layer: object, num_layers: int) -> int:
@@ -109,6 +123,9 @@ class EncoderAdapter(Adapter):
             the model's joint space, for text-conditioned pruners.
         texts: a list of strings embedded once with the model's own text tower.
         tokenizer: the tokenizer of the model's text tower, required with ``texts``.
+
+    With text options the adapter provides the signal ``joint_text_cosine``
+    (:meth:`joint_text_cosine`) to pruners that require it.
     """
 
     points: ClassVar[tuple[str, ...]] = (IN_ENCODER,)
@@ -175,6 +192,34 @@ class EncoderAdapter(Adapter):
     def encode_texts(self, texts: list[str], tokenizer: Any) -> torch.Tensor:
         """``(M, D_joint)`` embeddings of ``texts`` from the model's own text tower."""
         raise NotImplementedError
+
+    # -- signals -------------------------------------------------------------------
+    def available_signals(self) -> frozenset[str]:
+        """``joint_text_cosine`` when text was given (which needs a joint space), else none."""
+        return frozenset({JOINT_TEXT_COSINE}) if self.text_embeds is not None else frozenset()
+
+    def missing_signals_note(self, missing: frozenset[str]) -> str:
+        """Why ``joint_text_cosine`` is missing: no joint space, or no text given."""
+        if JOINT_TEXT_COSINE not in missing:
+            return ""
+        if self.joint_projection() is None:
+            return (
+                f"{JOINT_TEXT_COSINE} compares the patch tokens with text in a joint image-text "
+                f"space, which {self._model_name()} does not have (no text tower or visual "
+                "projection); use a CLIP/SigLIP-style model"
+            )
+        return f"{JOINT_TEXT_COSINE} needs text: pass texts=[...] with tokenizer=, or text_embeds="
+
+    def joint_text_cosine(self, patches: torch.Tensor) -> torch.Tensor:
+        """``(B, P, M)`` cosines between the patch tokens ``(B, P, D)`` mapped by
+        :meth:`joint_projection` and the text rows, in at least float32."""
+        with torch.no_grad():
+            joint = self.joint_projection()(patches)
+        joint = joint.to(compute_dtype(joint.dtype))
+        text = self._batched_text(joint.shape[0], joint)
+        unit_text = torch.nn.functional.normalize(text, dim=-1)
+        norm = torch.linalg.vector_norm(joint, dim=-1, keepdim=True).clamp_min(1e-12)
+        return torch.matmul(joint, unit_text.transpose(-1, -2)) / norm
 
     # -- options -------------------------------------------------------------------
     def _model_name(self) -> str:
@@ -289,12 +334,14 @@ class EncoderAdapter(Adapter):
                 f"block {self.layer} got {length} tokens, no patch token after the {p} prefix tokens"
             )
         patches = x[:, p:]
-        tokens, text = patches, None
-        if self.text_embeds is not None:
+        tokens, text, signals = patches, None, None
+        if JOINT_TEXT_COSINE in handle.required_signals:  # raw tokens, joint-space cosines
+            signals = {JOINT_TEXT_COSINE: self.joint_text_cosine(patches)}
+        elif self.text_embeds is not None:  # tokens and text both in the joint space
             with torch.no_grad():
                 tokens = self.joint_projection()(patches)
             text = self._batched_text(batch, tokens)
-        result = handle.prune(tokens, text_embeds=text)
+        result = handle.prune(tokens, text_embeds=text, signals=signals)
         if bool((result.counts == result.valid_counts).all()):
             self._forget()  # the budget covers every token: the model's own path, untouched
             return None

@@ -18,6 +18,11 @@ joint-space choice for text). What each family contributes:
   and the register tokens. No joint space, so no text options. An
   ``attention_mask`` passed to the model is subset to the kept tokens.
 
+With ``texts`` or ``text_embeds``, ``hf_clip`` (with a projection) and
+``hf_siglip`` also provide the signal ``joint_text_cosine`` (the patch tokens
+through the same joint-space map, cosine with each text row) for the relevance
+``clip_text``; ``hf_dinov2`` and ``CLIPVisionModel`` cannot.
+
 Models are matched by exact type, so models that merely contain one of these
 towers (LLaVA, ...) are left to their own adapters.
 """

@@ -5,7 +5,9 @@ selects the image tokens to keep from their hidden states, and layers ``K ..``
 run on the shorter sequence, so their KV cache is shorter too. Kept tokens keep
 their original positions (as FastV does): the rotary embeddings computed by the
 model for the full prompt are gathered at the kept positions, and generation
-continues the original numbering.
+continues the original numbering. A pruner that merges dropped tokens into kept
+ones (``PruneResult.values``) replaces the kept image tokens' hidden states
+entering layer ``K`` by their merged values, at the same positions.
 
 Every layer from ``K`` on gets an explicit attention mask built here: causal in
 the kept order, never attending padding or "filler" slots, and always letting a
@@ -28,6 +30,9 @@ for them, from decoder layer ``K-1`` on the full prompt:
   the ``position_embeddings`` the layer received, key/value heads repeated, the
   layer's ``scaling``, and the layer's own attention mask (causal + padding);
   softmax in float32. Only this one query row is eager: the model keeps SDPA.
+* ``"text_attention"`` (the ``llm_attention`` relevance): the same computation for
+  the ``T`` text query rows (``T x L`` scores, never ``L x L``), averaged over
+  each sample's text rows; zeros for a sample without text.
 * ``"llm_image_keys"`` / ``"llm_text_keys"`` (DART): that layer's post-RoPE keys.
 * ``"llm_image_hidden"`` / ``"llm_text_hidden"`` (DART): the hidden states
   leaving layer ``K-1`` (entering layer ``K``) through the decoder's final norm.
@@ -48,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prunekit.adapters.base import Undo
+from prunekit.core.result import PruneResult
 from prunekit.core.tensor_ops import gather_rows
 
 if TYPE_CHECKING:
@@ -68,7 +74,9 @@ class _Prefill:
 
 
 #: signals computed from the input of decoder layer K-1 (its projections)
-LAYER_INPUT_SIGNALS = frozenset({"last_query_attention", "llm_image_keys", "llm_text_keys"})
+LAYER_INPUT_SIGNALS = frozenset(
+    {"last_query_attention", "text_attention", "llm_image_keys", "llm_text_keys"}
+)
 #: signals computed with the decoder's final norm
 NORM_SIGNALS = frozenset({"llm_image_hidden", "llm_text_hidden"})
 #: signals computed from the prompt alone
@@ -174,7 +182,7 @@ class DecoderLayerPruning:
                 if index != self.layer or hidden.shape[1] != state.is_image.shape[1]:
                     self.state = None  # not the call we were told about
                     return None
-                self._select(handle, hidden, state)
+                hidden = self._select(handle, hidden, state)
             prefill = hidden.shape[1] == state.is_image.shape[1] and index == self.layer
             if prefill:
                 hidden = gather_rows(hidden, state.keep_index)
@@ -196,7 +204,9 @@ class DecoderLayerPruning:
 
         return hook
 
-    def _select(self, handle: AttachHandle, hidden: torch.Tensor, state: _Prefill) -> None:
+    def _select(self, handle: AttachHandle, hidden: torch.Tensor, state: _Prefill) -> torch.Tensor:
+        """Prune this prefill: set ``state``'s kept slots; return the hidden states entering
+        layer K, the kept image tokens replaced by the pruner's merged ``values`` if it has any."""
         is_image = state.is_image
         batch, length = is_image.shape
         counts = is_image.sum(dim=1)
@@ -220,6 +230,8 @@ class DecoderLayerPruning:
             rows = torch.arange(batch, device=hidden.device).unsqueeze(1).expand(-1, n_max)
             kept_image[rows[result.mask & token_mask], order[result.mask & token_mask]] = True
             keep = ~is_image | kept_image
+            if result.values is not None:
+                hidden = self._merged(hidden, result, order, token_mask)
         lengths = keep.sum(dim=1)
         width = int(lengths.max())
         # rows shorter than the widest keep their first dropped tokens as masked fillers
@@ -231,6 +243,21 @@ class DecoderLayerPruning:
             torch.where(slots, torch.arange(length, device=hidden.device), length), dim=1
         ).values[:, :width]
         state.kv_valid = (keep & state.attention_mask.bool()).gather(1, state.keep_index)
+        return hidden
+
+    @staticmethod
+    def _merged(
+        hidden: torch.Tensor, result: PruneResult, order: torch.Tensor, token_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``hidden`` with each kept image token's row replaced by its value in ``result.values``
+        (rows of ``result`` follow ``order`` (B, N), the image tokens' prompt positions)."""
+        slot = result.indices.clamp_min(0)  # (B, K) image-token index of each kept slot
+        real = result.slot_mask & token_mask.gather(1, slot)  # not padding, not a filler sample
+        positions = order.gather(1, slot)
+        rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1).expand_as(slot)
+        hidden = hidden.clone()
+        hidden[rows[real], positions[real]] = result.values[real].to(hidden.dtype)
+        return hidden
 
     # -- signals ---------------------------------------------------------------
     @torch.no_grad()
@@ -322,14 +349,23 @@ class DecoderLayerPruning:
                     1, index[..., None, None].expand(-1, -1, n_heads, head_dim)
                 )
                 signals[name] = rows.masked_fill(~valid[..., None, None], 0.0)
+        real = state.attention_mask.bool()
+        last = (length - 1 - real.flip(1).long().argmax(dim=1)).unsqueeze(1)  # (B, 1)
+        columns = image_order.unsqueeze(1).expand(-1, n_heads, -1)
         if "last_query_attention" in wanted:
-            probs = self._last_query_probs(attn, rope, x, keys, mask, cos, sin, state)
-            columns = image_order.unsqueeze(1).expand(-1, n_heads, -1)
+            probs = self._query_probs(attn, rope, x, keys, mask, cos, sin, real, last)[:, :, 0]
             signals["last_query_attention"] = probs.gather(2, columns) * image_valid.unsqueeze(1)
+        if "text_attention" in wanted:
+            # padded text slots query from the last real token (a finite row), weighted 0
+            queries = torch.where(text_valid, text_order, last)
+            probs = self._query_probs(attn, rope, x, keys, mask, cos, sin, real, queries)
+            share = text_valid.float() / text_valid.sum(dim=1, keepdim=True).clamp_min(1)
+            mean = torch.einsum("bhql,bq->bhl", probs, share)  # (B, H, L), zeros without text
+            signals["text_attention"] = mean.gather(2, columns) * image_valid.unsqueeze(1)
         return signals
 
     @staticmethod
-    def _last_query_probs(
+    def _query_probs(
         attn: torch.nn.Module,
         rope: Any,
         x: torch.Tensor,
@@ -337,40 +373,43 @@ class DecoderLayerPruning:
         mask: Any,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        state: _Prefill,
+        real: torch.Tensor,
+        queries: torch.Tensor,
     ) -> torch.Tensor:
-        """(B, H, L) float32 attention probabilities of each sample's last real prompt token."""
-        real = state.attention_mask.bool()
+        """(B, H, Q, L) float32 attention probabilities of the real prompt tokens at ``queries``.
+
+        ``queries`` (B, Q) are prompt positions of real tokens; each row is recomputed as
+        the layer computes it (``q_proj``, ``q_norm``, RoPE at the query's own position,
+        ``scaling``, the layer's mask), so only ``Q x L`` scores are ever built.
+        """
         batch, length, _ = x.shape
+        n_queries = queries.shape[1]
         head_dim = attn.head_dim
-        device = x.device
-        last = length - 1 - real.flip(1).long().argmax(dim=1)  # (B,) last real column
-        x_last = gather_rows(x, last.view(batch, 1))
-        query = attn.q_proj(x_last).view(batch, 1, -1, head_dim)
+        n_heads = attn.q_proj.out_features // head_dim
+        query = attn.q_proj(gather_rows(x, queries)).view(batch, n_queries, n_heads, head_dim)
         if getattr(attn, "q_norm", None) is not None:
             query = attn.q_norm(query)
-        query = query.transpose(1, 2)  # (B, H, 1, d)
+        query = query.transpose(1, 2)  # (B, H, Q, d)
 
-        def at_last(table: torch.Tensor) -> torch.Tensor:
-            table = table.expand(batch, *table.shape[1:])
-            return gather_rows(table, last.view(batch, 1))
+        def at_queries(table: torch.Tensor) -> torch.Tensor:
+            return gather_rows(table.expand(batch, *table.shape[1:]), queries)
 
-        query = rope(query, query, at_last(cos), at_last(sin))[0]
+        query = rope(query, query, at_queries(cos), at_queries(sin))[0]
         scaling = getattr(attn, "scaling", head_dim**-0.5)
-        scores = (query @ keys.transpose(-1, -2) * scaling).squeeze(2).float()  # (B, H, L)
+        scores = (query @ keys.transpose(-1, -2) * scaling).float()  # (B, H, Q, L)
 
         if isinstance(mask, torch.Tensor) and mask.dim() == 4:
             rows = mask.expand(batch, *mask.shape[1:])
-            rows = rows.gather(
-                2, last.view(batch, 1, 1, 1).expand(-1, rows.shape[1], 1, rows.shape[3])
-            )[:, :, 0, :length]  # (B, 1 or H, L)
+            index = queries.view(batch, 1, n_queries, 1)
+            rows = rows.gather(2, index.expand(-1, rows.shape[1], -1, rows.shape[3]))
+            rows = rows[..., :length]  # (B, 1 or H, Q, L)
             if rows.dtype == torch.bool:
                 scores = scores.masked_fill(~rows, float("-inf"))
             else:
                 scores = scores + rows.float()
         else:  # no mask tensor (SDPA's causal shortcut): causal over the real tokens
-            key = torch.arange(length, device=device)
-            allowed = (key.unsqueeze(0) <= last.unsqueeze(1)) & real
+            key = torch.arange(length, device=x.device)
+            allowed = (key.view(1, 1, -1) <= queries.unsqueeze(-1)) & real.unsqueeze(1)
             scores = scores.masked_fill(~allowed.unsqueeze(1), float("-inf"))
         return torch.softmax(scores, dim=-1)
 

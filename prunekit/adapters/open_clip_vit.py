@@ -9,8 +9,10 @@ Joint space for text: ``ln_post`` then ``proj`` applied to every patch token
 (the tower's own head); towers with an attentional pooler have no per-token
 head, so they take no text options. ``texts`` are tokenized with the given
 ``tokenizer`` (e.g. ``open_clip.get_tokenizer(name)``, a callable returning
-token ids) and embedded with ``encode_text``. See
-:mod:`prunekit.adapters.encoder` for the ``layer`` convention.
+token ids) and embedded with ``encode_text``. With text options the adapter
+also provides the signal ``joint_text_cosine`` (cosines of the patch tokens
+through ``ln_post`` / ``proj`` with the text rows) for the relevance
+``clip_text``. See :mod:`prunekit.adapters.encoder` for the ``layer`` convention.
 """
 
 from __future__ import annotations

@@ -84,8 +84,9 @@ class PreLLMAdapter(Adapter):
 
     Options:
         tokenizer: a tokenizer to decode the prompt for text-conditioned pruners
-            (the nouns are embedded with the LLM's input embeddings). Without it,
-            text relevance gets no text (uniform weights) and a warning says so.
+            (the nouns are embedded with the LLM's input embeddings, and read by
+            the logit lens). Without it, text relevance gets no text (uniform
+            weights) and a warning says so.
         positions: ``"contiguous"`` or ``"original"``.
         noun_extractor: a registered noun extractor name or callable (default:
             spaCy when installed, else the offline heuristic).
@@ -93,6 +94,11 @@ class PreLLMAdapter(Adapter):
             layers instead (FastV / DART point, :mod:`prunekit.adapters.llm_layers`);
             the signals there are those of decoder layer ``K-1``
             (``"last_query_attention"``, ``"llm_image_keys"``, ...).
+
+    Signals at the pre-LLM point, besides the family's own: ``"embedding_mean"``
+    and ``"text_logprobs"`` (the logit lens: each visual token's log-probability
+    of each of the prompt's nouns through the decoder's final norm and the output
+    head; models without both reachable do not provide it).
     """
 
     points: ClassVar[tuple[str, ...]] = (PRE_LLM, IN_LLM)
@@ -134,6 +140,22 @@ class PreLLMAdapter(Adapter):
                 language_model.config._attn_implementation,
                 norm=getattr(language_model, "norm", None),
             )
+
+    def logit_lens(self) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+        """``(final norm, output head)`` that read a hidden state as next-token logits:
+        the decoder's ``norm`` and ``get_output_embeddings()`` (else ``lm_head``);
+        ``None`` when the model lacks either."""
+        try:
+            norm = getattr(self.language_model(), "norm", None)
+        except TypeError:  # no decoder reachable
+            return None
+        get_head = getattr(self.model, "get_output_embeddings", None)
+        head = get_head() if callable(get_head) else None
+        if head is None:
+            head = getattr(self.model, "lm_head", None)
+        if not isinstance(norm, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+            return None
+        return norm, head
 
     def language_model(self) -> torch.nn.Module:
         """The decoder (with ``.layers``) that receives the visual tokens."""
@@ -193,7 +215,27 @@ class PreLLMAdapter(Adapter):
             return self.llm_pruning.available_signals()
         if not self.text_in_token_space():  # no LLM embedding centre for these tokens
             return self.provided_signals
-        return self.provided_signals | {"embedding_mean"}
+        signals = self.provided_signals | {"embedding_mean"}
+        if self.logit_lens() is not None:
+            signals |= {"text_logprobs"}
+        return signals
+
+    def missing_signals_note(self, missing: frozenset[str]) -> str:
+        """Why ``"text_logprobs"`` is missing (attach's refusal message)."""
+        if "text_logprobs" not in missing:
+            return ""
+        if self.llm_pruning is not None:
+            return "text_logprobs is a signal of the pre-LLM point (attach without llm_layer)"
+        if not self.text_in_token_space():
+            return (
+                "text_logprobs reads the tokens through the LLM's output head, so it needs "
+                "them in the LLM's embedding space: prune after the projector "
+                "(before_projector=False)"
+            )
+        return (
+            f"text_logprobs needs the language model's final norm (.norm) and output head "
+            f"(get_output_embeddings() or .lm_head); {type(self.model).__name__} lacks one"
+        )
 
     def pruning_point(self) -> str:
         return IN_LLM if self.llm_pruning is not None else PRE_LLM
@@ -287,9 +329,12 @@ class PreLLMAdapter(Adapter):
     def _check_text_conditioning(self, handle: AttachHandle) -> None:
         """Refuse a text-conditioned pruner where the tokens are not in the prompt's
         embedding space; warn when it gets no tokenizer to read the prompt with."""
+        from prunekit.strategies.relevance.logit_lens import LogitLensRelevance
         from prunekit.strategies.relevance.text import TextRelevance
 
-        text_conditioned = isinstance(getattr(handle.pruner, "relevance", None), TextRelevance)
+        text_conditioned = isinstance(
+            getattr(handle.pruner, "relevance", None), (TextRelevance, LogitLensRelevance)
+        )
         if text_conditioned and not self.text_in_token_space():
             raise ValueError(
                 f"{type(handle.pruner).__name__} is text-conditioned, but this pruning point "
@@ -339,8 +384,8 @@ class PreLLMAdapter(Adapter):
                 f"features ({counts} per image); the processor and the model disagree"
             )
         owner = self._image_owner(is_image, counts)  # sample index of every image
-        text_embeds, text_mask = self._text(input_ids, attention_mask, is_image, owner)
-        keep_image_token = self._prune(handle, images, text_embeds, text_mask)
+        text_embeds, text_mask, noun_ids = self._text(input_ids, attention_mask, is_image, owner)
+        keep_image_token = self._prune(handle, images, text_embeds, text_mask, noun_ids)
 
         if all(bool(k.all()) for k in keep_image_token):
             kwargs.update(
@@ -374,10 +419,13 @@ class PreLLMAdapter(Adapter):
         attention_mask: torch.Tensor,
         is_image: torch.Tensor,
         owner: list[int],
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[list[list[int]]] | None]:
+        """Per image (``owner``: its prompt): its prompt's nouns as ``text_embeds``
+        ``(I, M, d)``, ``text_mask`` ``(I, M)`` and their sub-word ids (one list per
+        noun, the rows of ``text_embeds`` in order); ``None`` s without a tokenizer."""
         if self.tokenizer is None or not self.text_in_token_space():
-            return None, None
-        from prunekit.text.embed import embed_prompt_nouns
+            return None, None, None
+        from prunekit.text.embed import embed_token_ids, prompt_noun_ids
 
         # keep special tokens: the noun extractor strips chat-template markers itself and
         # uses them to keep only the user's turns
@@ -386,11 +434,10 @@ class PreLLMAdapter(Adapter):
             prompts.append(
                 self.tokenizer.decode(row[mask & ~image].tolist(), skip_special_tokens=False)
             )
-        embeds, text_mask = embed_prompt_nouns(
-            prompts, self.tokenizer, self.input_embeddings(), extractor=self.noun_extractor
-        )
+        noun_ids = prompt_noun_ids(prompts, self.tokenizer, extractor=self.noun_extractor)
+        embeds, text_mask = embed_token_ids(noun_ids, self.input_embeddings())
         index = torch.tensor(owner, device=embeds.device)
-        return embeds[index], text_mask[index]
+        return embeds[index], text_mask[index], [noun_ids[o] for o in owner]
 
     def embedding_mean(self, device: torch.device) -> torch.Tensor:
         """The mean row of the LLM's input-embedding table (float32), cached until the
@@ -402,14 +449,40 @@ class PreLLMAdapter(Adapter):
             self._embedding_mean = (key, mean)
         return self._embedding_mean[1]
 
+    def text_logprobs(
+        self,
+        batch: torch.Tensor,
+        feats: list[torch.Tensor],
+        noun_ids: list[list[list[int]]] | None,
+    ) -> torch.Tensor:
+        """The ``"text_logprobs"`` signal ``(I, N, M)`` of the zero-padded ``batch`` of the
+        images' features ``feats``: the logit lens (:func:`prunekit.text.embed.phrase_logprobs`)
+        over each image's nouns; zeros at padded tokens and absent nouns, all zeros
+        ``(I, N, 1)`` without a tokenizer."""
+        from prunekit.text.embed import phrase_logprobs
+
+        lens = self.logit_lens()
+        if lens is None:  # attach checked available_signals; the model changed since
+            raise ValueError(self.missing_signals_note(frozenset({"text_logprobs"})))
+        norm, head = lens
+        if noun_ids is None:
+            noun_ids = [[] for _ in feats]
+        lengths = torch.tensor([f.shape[0] for f in feats], device=batch.device)
+        real = torch.arange(batch.shape[1], device=batch.device) < lengths.unsqueeze(1)
+        return phrase_logprobs(batch, noun_ids, head, norm=norm, token_mask=real)
+
     def _prune(
         self,
         handle: AttachHandle,
         images: ImageFeatures,
         text_embeds: torch.Tensor | None,
         text_mask: torch.Tensor | None,
+        noun_ids: list[list[list[int]]] | None = None,
     ) -> list[torch.Tensor]:
         """Prune all images in one batched call; return per image the kept flags of its tokens.
+
+        ``noun_ids``: per image, the sub-word ids of its prompt's nouns (from :meth:`_text`),
+        read by the logit lens when the pruner requires ``"text_logprobs"``.
 
         Methods that merge tokens (``PruneResult.values``) update ``images.features`` in place.
         """
@@ -435,6 +508,8 @@ class PreLLMAdapter(Adapter):
         }
         if "embedding_mean" in self.required_signals:
             signals["embedding_mean"] = self.embedding_mean(device).expand(len(feats), -1)
+        if "text_logprobs" in self.required_signals:
+            signals["text_logprobs"] = self.text_logprobs(batch, feats, noun_ids)
         result = handle.prune(
             batch,
             text_embeds=text_embeds,

@@ -107,6 +107,17 @@ def _llm_attention_example(
     return torch.softmax(logits, dim=-1)[..., 4 : n + 4]
 
 
+def _text_attention_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Mean of 3 text queries' causal softmax rows over ``n`` image keys plus 8 other keys,
+    4 heads; about one sample in four has no text (all zeros)."""
+    logits = torch.randn(batch, 4, 3, n + 8, generator=generator) * 2
+    rows = torch.softmax(logits, dim=-1)[..., 4 : n + 4].mean(dim=2)
+    no_text = torch.rand(batch, 1, 1, generator=generator) < 0.25
+    return rows.masked_fill(no_text, 0.0)
+
+
 def _embedding_mean_example(
     batch: int, n: int, dim: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -206,6 +217,15 @@ for _spec in (
         _llm_attention_example,
     ),
     SignalSpec(
+        "text_attention",
+        "(B, H, N)",
+        -1,
+        "attention probabilities at decoder layer K-1 from the prompt's text queries to each "
+        "image token, per head, averaged over the sample's text queries (softmax over the "
+        "whole causal, unpadded prompt); all zeros for a sample without text",
+        _text_attention_example,
+    ),
+    SignalSpec(
         "llm_image_keys",
         "(B, N, H, d_head)",
         1,
@@ -270,3 +290,50 @@ for _spec in (
     ),
 ):
     register_signal(_spec)
+
+
+def _joint_text_cosine_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Cosines of ``n`` random unit patch embeddings with 3 random unit text rows, in 16-D."""
+    patches = torch.nn.functional.normalize(torch.randn(batch, n, 16, generator=generator), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(batch, 3, 16, generator=generator), dim=-1)
+    return patches @ text.transpose(1, 2)
+
+
+# Signal of the in-encoder pruning point with text (CLIP / SigLIP / open_clip towers).
+register_signal(
+    SignalSpec(
+        "joint_text_cosine",
+        "(B, N, M)",
+        1,
+        "cosine between each patch token, mapped into the joint image-text space by the "
+        "encoder's own head (adapter.joint_projection), and each of the M text embeddings",
+        _joint_text_cosine_example,
+    )
+)
+
+
+def _text_logprobs_example(
+    batch: int, n: int, dim: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Log-probabilities (negative) of 3 words of a 32-word vocabulary; each sample has
+    between 0 and 3 real nouns, packed to the left (zero columns after them)."""
+    logprobs = torch.log_softmax(torch.randn(batch, n, 32, generator=generator) * 2, dim=-1)
+    nouns = torch.randint(0, 4, (batch, 1, 1), generator=generator)
+    return logprobs[..., :3].masked_fill(torch.arange(3) >= nouns, 0.0)
+
+
+# Signal of the pre-LLM pruning point of the VLM adapters (the logit lens).
+register_signal(
+    SignalSpec(
+        "text_logprobs",
+        "(B, N, M)",
+        1,
+        "log-probability of each of the prompt's M nouns (the rows of text_embeds, in order) "
+        "when the visual token is read through the LLM's final norm and output head: the "
+        "mean over the noun's sub-word ids of log_softmax(lm_head(norm(x)))[id] over the "
+        "whole vocabulary, float32; zero columns where a prompt has no such noun",
+        _text_logprobs_example,
+    )
+)
