@@ -14,11 +14,11 @@ from typing import Any
 
 from prunekit import accounting
 from prunekit import builtin as _builtin
-from prunekit.accounting import Savings
+from prunekit.accounting import KeptTokens, Savings
 from prunekit.adapters import AttachHandle, attach
 from prunekit.core import PAD_INDEX, Budget, PruneInputs, PruneResult, TokenPruner, num_kept
 from prunekit.core.pruner import Picks
-from prunekit.pruners import ComposedPruner, ResPrune
+from prunekit.pruners import ComposedPruner, ResPrune, ScoreMass
 from prunekit.registry import Registry, get_registry, hookimpl
 from prunekit.registry.registry import BUILTIN_PLUGINS as _BUILTIN_PLUGINS
 from prunekit.strategies import RelevanceStrategy, SelectionStrategy
@@ -84,6 +84,7 @@ __all__ = [
     "list_adapters",
     "Budget",
     "ComposedPruner",
+    "KeptTokens",
     "Picks",
     "PruneInputs",
     "PruneResult",
@@ -91,6 +92,7 @@ __all__ = [
     "RelevanceStrategy",
     "ResPrune",
     "Savings",
+    "ScoreMass",
     "SelectionStrategy",
     "TokenPruner",
     "__version__",

@@ -36,6 +36,8 @@ Example::
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -43,6 +45,7 @@ import torch
 
 __all__ = [
     "DecoderShape",
+    "KeptTokens",
     "Logits",
     "PrefillCost",
     "Savings",
@@ -186,6 +189,62 @@ def prefill_cost(
 
 
 @dataclass(frozen=True)
+class KeptTokens:
+    """How many visual tokens the rows kept (a row: an image, or a prompt with its images):
+    mean and spread, for pruners whose count varies by sample (adaptive budgets).
+
+    Attributes:
+        rows: how many rows the numbers cover.
+        mean: tokens kept per row, on average.
+        std: their standard deviation over these rows (population: 0 when every row
+            keeps the same count).
+        min, max: the fewest and the most tokens a row kept.
+        tokens_in: tokens the pruner saw per row, on average (``None``: not known).
+    """
+
+    rows: int
+    mean: float
+    std: float
+    min: int
+    max: int
+    tokens_in: float | None = None
+
+    @classmethod
+    def of(cls, kept: Sequence[int], tokens_in: Sequence[int] | None = None) -> KeptTokens:
+        """The spread of ``kept`` (one count per row) and the mean of ``tokens_in``."""
+        kept = [_check_count("kept", int(k)) for k in kept]
+        if not kept:
+            raise ValueError("kept must hold at least one row's count")
+        n = len(kept)
+        mean = math.fsum(kept) / n
+        std = math.sqrt(math.fsum((k - mean) ** 2 for k in kept) / n)
+        if tokens_in is not None:
+            tokens_in = [int(t) for t in tokens_in]
+            if len(tokens_in) != n:
+                raise ValueError(
+                    f"tokens_in must hold one count per row ({n}), got {len(tokens_in)}"
+                )
+        mean_in = None if tokens_in is None else math.fsum(tokens_in) / n
+        return cls(rows=n, mean=mean, std=std, min=min(kept), max=max(kept), tokens_in=mean_in)
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the rows kept different numbers of tokens."""
+        return self.min != self.max
+
+    def summary(self) -> str:
+        """One line for people, e.g. ``"kept 12.5 ± 3.5 (9-16) of 16 visual tokens per
+        row over 2 rows"``; the spread is left out when every row kept the same count."""
+        if self.ragged:
+            kept = f"{self.mean:.1f} ± {self.std:.1f} ({self.min}-{self.max})"
+        else:
+            kept = str(self.min)
+        of = "" if self.tokens_in is None else f" of {self.tokens_in:.4g}"
+        rows = f"{self.rows} row{'s' * (self.rows != 1)}"
+        return f"kept {kept}{of} visual tokens per row over {rows}"
+
+
+@dataclass(frozen=True)
 class Savings:
     """The prefill of prompts before and after their visual tokens were pruned.
 
@@ -203,6 +262,8 @@ class Savings:
         num_layers: decoder layers.
         pruned_after_layer: the first layer that runs on the pruned prompt.
         sequences: how many prompts the totals cover.
+        kept_per_sequence: the visual tokens each prompt kept, in order (``()`` where
+            unknown), for the spread of :attr:`kept_spread`.
     """
 
     visual_tokens: int
@@ -215,6 +276,7 @@ class Savings:
     num_layers: int
     pruned_after_layer: int = 0
     sequences: int = 1
+    kept_per_sequence: tuple[int, ...] = ()
 
     @property
     def tokens_before(self) -> int:
@@ -246,6 +308,14 @@ class Savings:
         full, pruned, k = self.tokens_before, self.tokens_after, self.pruned_after_layer
         return self.num_layers * full / (k * full + (self.num_layers - k) * pruned)
 
+    @property
+    def kept_spread(self) -> KeptTokens | None:
+        """Mean and spread of the visual tokens kept per prompt (``None`` when the
+        per-prompt counts are not known, e.g. a ``Savings`` built by hand)."""
+        if not self.kept_per_sequence or len(self.kept_per_sequence) != self.sequences:
+            return None
+        return KeptTokens.of(self.kept_per_sequence)
+
     def __add__(self, other: Savings) -> Savings:
         if not isinstance(other, Savings):
             return NotImplemented
@@ -268,9 +338,16 @@ class Savings:
         )
 
     def summary(self) -> str:
-        """One line for people: tokens, FLOPs and KV cache before -> after."""
+        """One line for people: tokens, FLOPs and KV cache before -> after; when the
+        prompts kept different numbers of visual tokens, their mean, spread and range."""
+        spread = self.kept_spread
+        ragged = (
+            f" (per prompt {spread.mean:.1f} ± {spread.std:.1f}, {spread.min}-{spread.max})"
+            if spread is not None and spread.ragged
+            else ""
+        )
         return (
-            f"{self.visual_tokens} -> {self.kept_visual_tokens} visual tokens "
+            f"{self.visual_tokens} -> {self.kept_visual_tokens} visual tokens{ragged} "
             f"(+ {self.text_tokens} text) over {self.sequences} prompt(s): prefill "
             f"{self.flops_before / 1e12:.3g} -> {self.flops_after / 1e12:.3g} TFLOPs "
             f"({self.flops_speedup:.2f}x), KV cache {self.kv_cache_bytes_before / 2**20:.3g} -> "
@@ -336,4 +413,5 @@ def savings(
         kv_cache_bytes_after=kv_after,
         num_layers=shape.num_layers,
         pruned_after_layer=k,
+        kept_per_sequence=(kept_tokens,),
     )

@@ -141,6 +141,25 @@ class AttachHandle:
             total = row if total is None else total + row
         return total
 
+    def kept_tokens(self) -> accounting.KeptTokens:
+        """Mean and spread of the tokens kept per recorded row (an image; with
+        ``llm_layer``, a prompt and all its images), over every result recorded so far.
+
+        With a fixed budget every row keeps the same count (the spread is 0, unless rows
+        have fewer tokens than the budget); adaptive budgets (``Picks.counts``, e.g.
+        ``score_mass`` or an energy budget) keep different counts::
+
+            pruner = prunekit.create_pruner("score_mass", pruner="fastervlm", mass=0.9)
+            with prunekit.attach(model, pruner, budget=1.0) as handle:
+                model.generate(**inputs, max_new_tokens=32)
+            print(handle.kept_tokens().summary())  # kept MEAN ± SD (MIN-MAX) of N visual ...
+        """
+        kept = [int(c) for result in self.results for c in result.counts.tolist()]
+        if not kept:
+            raise ValueError("kept_tokens() needs a pruning call first (no result recorded yet)")
+        tokens_in = [int(v) for result in self.results for v in result.valid_counts.tolist()]
+        return accounting.KeptTokens.of(kept, tokens_in)
+
 
 def _resolve_pruner(pruner: TokenPruner | str) -> TokenPruner:
     if isinstance(pruner, TokenPruner):

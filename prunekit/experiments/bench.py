@@ -8,7 +8,9 @@ Metrics (all over the same fixed samples):
 * **loyalty** (``bench.loyalty=true``): the fraction of samples where the
   pruned model gives the same normalised answer as the unpruned model, with its
   Wilson interval;
-* **tokens kept**: visual tokens kept per image (mean) out of the image's tokens;
+* **tokens kept**: visual tokens kept per image (mean, and its standard deviation,
+  minimum and maximum over the images: adaptive budgets keep different counts) out of
+  the image's tokens;
 * **ms/sample**: wall-clock generation time per sample (batched; includes the
   pruning), split into the prefill (up to the first next-token scores, pruning
   included) and the decoding of the other tokens;
@@ -719,7 +721,14 @@ def score(
         metrics["logprob_reference_ci95"] = list(normal_interval(logprobs))
         metrics["logprob_reference_n"] = len(logprobs)
     if generation.kept:
-        metrics["tokens_kept"] = sum(generation.kept) / len(generation.kept)
+        from prunekit.accounting import KeptTokens
+
+        kept = KeptTokens.of(generation.kept)
+        metrics["tokens_kept"] = kept.mean
+        # the spread over images: adaptive budgets keep different counts per image
+        metrics["tokens_kept_std"] = kept.std
+        metrics["tokens_kept_min"] = kept.min
+        metrics["tokens_kept_max"] = kept.max
         metrics["tokens_in"] = sum(generation.tokens_in) / len(generation.tokens_in)
     metrics["ms_per_sample"] = 1e3 * generation.seconds / n if n else math.nan
     metrics["prefill_ms_per_sample"] = 1e3 * generation.prefill_seconds / n if n else math.nan

@@ -4,7 +4,8 @@ One table row per configuration (run). The columns are the overridden keys
 whose values differ between the runs (the keys fixed for the whole sweep are
 listed above the table), then the number of samples, accuracy with its 95 %
 Wilson interval, loyalty with its interval (when measured), the visual tokens
-kept per image and the time per sample; then, when the runs have them, POPE's F1 and
+kept per image (mean, ``± sd`` when the images kept different counts) and the time per
+sample; then, when the runs have them, POPE's F1 and
 yes-ratio, the prefill time per sample and the prefill FLOPs speed-up. The plot
 (:func:`summary_figure`) has one curve per configuration without its budget, metric
 against the visual tokens kept, with the all-tokens value as a reference line and the
@@ -124,6 +125,17 @@ def _ci(pair: Any) -> str:
     return f"[{pair[0]:.3f}, {pair[1]:.3f}]" if pair else ""
 
 
+def kept_cell(metrics: dict[str, Any]) -> str:
+    """The "kept" cell: ``"mean / in"``, or ``"mean ± sd / in"`` when the images kept
+    different numbers of tokens (adaptive budgets; records without ``tokens_kept_std``,
+    written before it existed, show the mean alone)."""
+    if "tokens_kept" not in metrics:
+        return ""
+    std = metrics.get("tokens_kept_std") or 0.0
+    spread = f" ± {std:.1f}" if std > 0 else ""
+    return f"{metrics['tokens_kept']:.1f}{spread} / {metrics['tokens_in']:.0f}"
+
+
 def table(
     results: Sequence[dict[str, Any]],
 ) -> tuple[list[str], list[dict[str, Any]], dict[str, str]]:
@@ -148,9 +160,7 @@ def table(
                 "accuracy 95% CI": _ci(m.get("accuracy_ci95")),
                 "loyalty": m.get("loyalty"),
                 "loyalty 95% CI": _ci(m.get("loyalty_ci95")),
-                "kept": (
-                    f"{m['tokens_kept']:.1f} / {m['tokens_in']:.0f}" if "tokens_kept" in m else ""
-                ),
+                "kept": kept_cell(m),
                 "ms/sample": m.get("ms_per_sample"),
                 "F1": m.get("pope", {}).get("f1"),
                 "yes ratio": m.get("pope", {}).get("yes_ratio"),
@@ -188,7 +198,8 @@ def write_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]], path: Path
     metrics = ["n", "accuracy", "accuracy_ci_low", "accuracy_ci_high"]
     if has_loyalty:
         metrics += ["loyalty", "loyalty_ci_low", "loyalty_ci_high"]
-    metrics += ["tokens_kept", "tokens_in", "ms_per_sample"]
+    metrics += ["tokens_kept", "tokens_kept_std", "tokens_kept_min", "tokens_kept_max"]
+    metrics += ["tokens_in", "ms_per_sample"]
     metrics += ["prefill_ms_per_sample", "decode_ms_per_sample", "flops_speedup", "kv_cache_ratio"]
     metrics += ["pope_f1", "pope_yes_ratio", "run"]
     with Path(path).open("w", newline="") as f:
@@ -199,7 +210,9 @@ def write_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]], path: Path
             values = [row[k] for k in keys] + [m["n"], m["accuracy"], *m["accuracy_ci95"]]
             if has_loyalty:
                 values += [m.get("loyalty"), *m.get("loyalty_ci95", [None, None])]
-            values += [m.get("tokens_kept"), m.get("tokens_in"), m.get("ms_per_sample")]
+            values += [m.get("tokens_kept"), m.get("tokens_kept_std")]
+            values += [m.get("tokens_kept_min"), m.get("tokens_kept_max")]
+            values += [m.get("tokens_in"), m.get("ms_per_sample")]
             saved = row["_result"].get("efficiency") or {}
             values += [m.get("prefill_ms_per_sample"), m.get("decode_ms_per_sample")]
             values += [saved.get("flops_speedup"), saved.get("kv_cache_ratio")]
