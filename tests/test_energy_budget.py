@@ -378,3 +378,30 @@ def test_contract_properties_for_an_adaptive_pruner(problem):
     check_adaptive_result(
         ADAPTIVE(), problem["tokens"], problem["budget"], text_embeds=text, token_mask=mask
     )
+
+
+def test_in_encoder_adaptive_counts_need_one_image_per_call():
+    """The encoder's blocks run on a rectangular batch: a per-image count is refused with a
+    clear error for a batch, and works image by image (each equal to the standalone prune)."""
+    import transformers
+
+    torch.manual_seed(5)
+    config = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+        image_size=32, patch_size=8, layerscale_value=0.5,
+    )  # fmt: skip
+    model = transformers.Dinov2Model(config).eval()
+    # image 0 is flat (few directions explain it), image 1 is noise (many do)
+    flat = torch.zeros(1, 3, 32, 32)
+    noise = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 3
+    pixels = torch.cat([flat, noise])
+    pruner = prunekit.create_pruner("resprune", energy=0.6)
+    with prunekit.attach(model, pruner, budget=1.0, layer=1) as handle:
+        with torch.no_grad():
+            counts = []
+            for image in pixels:
+                model(pixel_values=image.unsqueeze(0))
+                counts.append(int(handle.results[-1].counts[0]))
+        assert counts[0] != counts[1]
+        with pytest.raises(ValueError, match="one count for every image"), torch.no_grad():
+            model(pixel_values=pixels)

@@ -345,8 +345,13 @@ class EncoderAdapter(Adapter):
         if bool((result.counts == result.valid_counts).all()):
             self._forget()  # the budget covers every token: the model's own path, untouched
             return None
-        if result.is_ragged:  # cannot happen without a token mask; guard the invariant
-            raise RuntimeError("in-encoder pruning needs the same number of kept tokens per image")
+        if result.is_ragged:  # only an adaptive pruner (energy=, score_mass) chooses per image
+            raise ValueError(
+                f"{type(handle.pruner).__name__} kept different numbers of tokens per image "
+                f"({result.counts.tolist()}): the encoder's blocks run on a rectangular batch, so "
+                "in-encoder pruning needs one count for every image; give adaptive budgets one "
+                "image per call, or use a fixed budget"
+            )
 
         if result.values is not None and tokens is not patches:
             raise ValueError(
