@@ -45,6 +45,11 @@ VLM = (
     "tests/test_adapter_contract.py",
 )
 ENCODER = ("tests/test_encoder_adapters.py",)
+ADAPTIVE = ("tests/test_energy_budget.py",)
+MERGE = ("tests/test_merge_strategies.py",)
+MASS = ("tests/test_score_mass.py",)
+LLM_ATTENTION = ("tests/test_llm_attention_relevance.py",)
+LOGIT_LENS = ("tests/test_logit_lens_relevance.py",)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ TEXT = "prunekit/strategies/relevance/text.py"
 RELEVANCE_BASE = "prunekit/strategies/relevance/base.py"
 VLM_ADAPTER = "prunekit/adapters/vlm.py"
 ENCODER_ADAPTER = "prunekit/adapters/encoder.py"
+MERGE_PY = "prunekit/strategies/merge.py"
 
 MUTANTS = (
     # -- greedy residual selection, the PyTorch loop
@@ -141,6 +147,31 @@ MUTANTS = (
     Mutant("encoder_reversed_kept", ENCODER_ADAPTER, "result.kept_tokens(patches)], dim=1)",
            "result.kept_tokens(patches).flip(1)], dim=1)", ENCODER,
            "kept tokens spliced back in reverse order"),
+    # -- beyond the paper: adaptive budgets, merging, relevances
+    Mutant("energy_count_one_late", GREEDY, "first = met.to(torch.uint8).argmax(dim=1) + 1",
+           "first = met.to(torch.uint8).argmax(dim=1) + 2", ADAPTIVE,
+           "the energy budget keeps one token more than the first step meeting it"),
+    Mutant("energy_residual_sum_skips_last", KERNEL, "for (int64_t i = 0; i < n; ++i) sum += energy[i];",
+           "for (int64_t i = 0; i + 1 < n; ++i) sum += energy[i];", ADAPTIVE,
+           "the native kernel's residual sum leaves out the last token"),
+    Mutant("merge_lstsq_ignores_norms", MERGE_PY, "score = coefficients.abs() * kept_norms.unsqueeze(-1)",
+           "score = coefficients.abs()", MERGE,
+           "lstsq merging assigns by |coefficient| alone, not by the component's size"),
+    Mutant("merge_mean_without_kept", MERGE_PY,
+           "merged = (kept + assign.transpose(1, 2) @ x) / (members + 1.0)",
+           "merged = (kept + assign.transpose(1, 2) @ x) / (members + 2.0)", MERGE,
+           "the merged mean divides by one member too many"),
+    Mutant("score_mass_strict", "prunekit/pruners/score_mass.py",
+           "below = ranked.cumsum(dim=1) < ((mass - MASS_RTOL) * total).unsqueeze(1)",
+           "below = ranked.cumsum(dim=1) <= ((mass + MASS_RTOL) * total).unsqueeze(1)", MASS,
+           "a prefix that reaches the mass exactly does not stop the count"),
+    Mutant("text_attention_counts_padding", "prunekit/adapters/llm_layers.py",
+           "share = text_valid.float() / text_valid.sum(dim=1, keepdim=True).clamp_min(1)",
+           "share = torch.ones_like(text_valid, dtype=torch.float) / text_valid.shape[1]",
+           LLM_ATTENTION, "padded text query rows count in the text tokens' mean attention"),
+    Mutant("logit_lens_without_norm", "prunekit/text/embed.py",
+           "states = norm(states.to(norm_device))", "states = states.to(norm_device)", LOGIT_LENS,
+           "the logit lens skips the decoder's final norm"),
 )  # fmt: skip
 
 #: surviving mutants with the reason no test can tell them apart from the real code
