@@ -299,7 +299,8 @@ class DivPrune(TokenPruner):
       step instead of the matrix (``method="rows"``, see :func:`maxmin_order`).
 
     ``scores`` are the first-step scores: each token's cosine distance to its
-    nearest other token.
+    nearest other token, 0 at or below ``tie_atol`` (a duplicate's distance is
+    rounding noise, which must not depend on the batch it is computed in).
 
     Args:
         tie_atol: see :func:`maxmin_order`.
@@ -329,7 +330,8 @@ class DivPrune(TokenPruner):
             self.method,
             self.max_matrix_bytes,
         )
-        scores = nearest.masked_fill(~inputs.token_mask, 0.0).clamp_max(2.0)
+        scores = nearest.masked_fill(~inputs.token_mask | (nearest <= self.tie_atol), 0.0)
+        scores = scores.clamp_max(2.0)
         return Picks(order=order, scores=scores)
 
 
