@@ -376,8 +376,9 @@ def write_report(
         "# Beyond the paper: adaptive budgets, merging, text relevance"
         + (" (quick smoke run: tiny random model, not a result)" if args.quick else ""),
         "",
-        f"Produced by `{reproduce_command('benchmarks/beyond.py', sys.argv[1:])}` in "
-        f"{seconds / 60:.0f} min on {quality.machine()}.",
+        f"Produced by `{reproduce_command('benchmarks/beyond.py', sys.argv[1:])}` on "
+        f"{quality.machine()}: the runs took {sum(r['seconds'] for r in rows) / 60:.0f} min "
+        f"(their own times; a rerun reuses finished runs), this invocation {seconds / 60:.0f} min.",
         "",
         f"Model: {'tiny random LLaVA' if args.quick else 'MiniLLaVA (DINOv2-S + trained projector + SmolLM2-135M-Instruct), 256 visual tokens'}; "
         f"fixed subsets: {sizes}, the same questions in every run. Each Δ is A - B on the same "
@@ -491,14 +492,18 @@ def plot(rows: list[dict[str, Any]], datasets: list[str], path: Path) -> None:
                 [y - p["metrics"]["accuracy_ci95"][0] for y, p in zip(ys, pts)],
                 [p["metrics"]["accuracy_ci95"][1] - y for y, p in zip(ys, pts)],
             ]
-            xerr = [p["metrics"].get("tokens_kept_std") or 0.0 for p in pts]
+            # the range over images (min to max), which a log axis can show; sd is in the table
+            xerr = [
+                [x - p["metrics"].get("tokens_kept_min", x) for x, p in zip(xs, pts)],
+                [p["metrics"].get("tokens_kept_max", x) - x for x, p in zip(xs, pts)],
+            ]
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=color, ls=ls or "none",
                         marker=marker, ms=8 if marker == "*" else 4, capsize=2, lw=1.2, label=name)  # fmt: skip
         full = [r for r in rows if r["dataset"] == d and r["group"] == "full"]
         if full:
             ax.axhline(full[0]["metrics"]["accuracy"], color="k", ls=":", lw=1, label="all tokens")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("visual tokens kept per image (mean; bars: sd over images)")
+        ax.set_xlabel("visual tokens kept per image (mean; bars: min to max over images)")
         ax.set_ylabel("accuracy (95 % Wilson intervals)")
         ax.set_title(f"{d}: fixed vs adaptive budgets")
         ax.grid(alpha=0.3)
@@ -573,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                         "budget": float(result["config"]["budget"]),
                         "metrics": result["metrics"],
                         "name": result["name"],
+                        "seconds": result.get("seconds", 0.0),
                         "result": result,
                         "records": read_records(ablation.sweep_dir / result["name"]),
                     }

@@ -34,18 +34,20 @@ def needs_backend(backend: str) -> None:
         pytest.skip("no C compiler: the native kernel cannot be built here")
 
 
-def projected_residuals(tokens, valid, order) -> torch.Tensor:
-    """Float64 reference: per sample and prefix of ``order``, the residual energy of the
-    valid tokens after a least-squares projection onto the span of the prefix's valid picks."""
+def projected_residuals(tokens, valid, order, weights) -> torch.Tensor:
+    """Float64 reference: per sample and prefix of ``order``, the weighted residual energy
+    ``sum_i w_i ||x_i - P x_i||^2`` of the valid tokens after a least-squares projection
+    onto the span of the prefix's valid picks."""
     batch, n, _ = tokens.shape
     valid = torch.ones(batch, n, dtype=torch.bool) if valid is None else valid
     out = torch.zeros(order.shape, dtype=torch.float64)
     for b in range(batch):
         x = tokens[b].double().numpy()
         rows = valid[b].numpy()
+        w = weights[b].double().numpy()
         for k in range(order.shape[1]):
             kept = sorted({p for p in order[b, : k + 1].tolist() if rows[p]})
-            out[b, k] = float(residual_energies(x, kept)[rows].sum())
+            out[b, k] = float((w * residual_energies(x, kept))[rows].sum())
     return out
 
 
@@ -83,8 +85,8 @@ def test_residuals_equal_the_float64_projection(method, backend, dtype):
     plain = greedy_residual_order(tokens, weights, k, valid, method=method, backend=backend)
     assert torch.equal(order, plain)  # recording residuals changes no pick
     assert residuals.dtype == dtype and residuals.shape == (3, k)
-    reference = projected_residuals(tokens, valid, order)
-    total = total_energy(tokens, valid).sum(1, keepdim=True)
+    reference = projected_residuals(tokens, valid, order, weights)
+    total = (weights.double() * total_energy(tokens, valid)).sum(1, keepdim=True)
     # clamping zeroes a residual at most rank_tol of its token's energy: at most rank_tol * total
     slack = 2 * DEFAULT_RANK_TOL[dtype] * total
     assert torch.all((residuals.double() - reference).abs() <= slack), (residuals, reference)
@@ -239,7 +241,7 @@ def test_batch_invariance_and_order():
     g = torch.Generator().manual_seed(9)
     tokens = torch.randn(5, 64, 12, generator=g) * torch.rand(5, 64, 1, generator=g)
     text = torch.randn(5, 3, 12, generator=g)
-    pruner = ResPrune(energy=0.85, min_keep=2)
+    pruner = ResPrune(energy=0.8, min_keep=2)
     batched = pruner.prune(tokens, budget=0.5, text_embeds=text)
     assert len(set(batched.counts.tolist())) > 1  # ragged counts
     for i in range(5):
@@ -266,13 +268,16 @@ def test_adaptive_keeps_the_prefix_that_meets_the_criterion(energy):
         prefix = ResPrune().prune(x, budget=count, text_embeds=t).indices[0]
         assert torch.equal(result.split()[i], prefix)
         x64 = x[0].double().numpy()
-        threshold = (1 - energy) * float((x64**2).sum())
+        # the energy is weighted like the greedy's objective, by the text weights
+        w = result.scores[i, :n].double().numpy()
+        total = float((w * (x64**2).sum(-1)).sum())
+        threshold = (1 - energy) * total
         slack = 2e-4 * float((x64**2).sum())  # float32 selection, clamped residuals
         if count < num_kept(n, ceiling):  # below the ceiling: the criterion holds
-            assert residual_energies(x64, prefix.tolist()).sum() <= threshold + slack
+            assert (w * residual_energies(x64, prefix.tolist())).sum() <= threshold + slack
         if count > 1:  # one pick fewer does not meet it
             shorter = ResPrune().prune(x, budget=count - 1, text_embeds=t).indices[0]
-            assert residual_energies(x64, shorter.tolist()).sum() > threshold - slack
+            assert (w * residual_energies(x64, shorter.tolist())).sum() > threshold - slack
 
 
 def test_composed_greedy_residual_with_energy_equals_resprune_without_text():

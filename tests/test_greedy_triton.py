@@ -314,18 +314,20 @@ def test_zero_steps_and_empty_batch(interpreted):
         assert unchanged and picks.shape == shape and residuals.shape == shape
 
 
-def projected_residuals(tokens, valid, order) -> torch.Tensor:
-    """Float64 reference: per sample and prefix of ``order``, the residual energy of the
-    valid tokens after a least-squares projection onto the span of the prefix's valid picks."""
+def projected_residuals(tokens, valid, order, weights) -> torch.Tensor:
+    """Float64 reference: per sample and prefix of ``order``, the weighted residual energy
+    ``sum_i w_i ||x_i - P x_i||^2`` of the valid tokens after a least-squares projection
+    onto the span of the prefix's valid picks."""
     batch, n, _ = tokens.shape
     valid = torch.ones(batch, n, dtype=torch.bool) if valid is None else valid
     out = torch.zeros(order.shape, dtype=torch.float64)
     for b in range(batch):
         x = tokens[b].double().numpy()
         rows = valid[b].numpy()
+        w = weights[b].double().numpy()
         for k in range(order.shape[1]):
             kept = sorted({p for p in order[b, : k + 1].tolist() if rows[p]})
-            out[b, k] = float(residual_energies(x, kept)[rows].sum())
+            out[b, k] = float((w * residual_energies(x, kept))[rows].sum())
     return out
 
 
@@ -337,7 +339,7 @@ def test_residual_sums_match_the_projection_reference(interpreted, name):
     (picks, residuals), unchanged = interpreted[f"residuals_{name}"]
     assert unchanged and residuals.dtype == case.tokens.dtype
     assert torch.equal(picks, case.expected())
-    reference = projected_residuals(case.tokens, case.valid, picks)
+    reference = projected_residuals(case.tokens, case.valid, picks, case.weights)
     energy = case.tokens.double().square().sum(-1)
     if case.valid is not None:
         energy = energy.masked_fill(~case.valid, 0.0)

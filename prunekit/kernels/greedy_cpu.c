@@ -73,7 +73,7 @@
             avail[pick] = 0;                                                                   \
             if (residuals) {                                                                   \
                 double sum = 0;                                                                \
-                for (int64_t i = 0; i < n; ++i) sum += energy[i];                              \
+                for (int64_t i = 0; i < n; ++i) sum += (double)weights[i] * energy[i];                              \
                 residuals[step] = (T)sum;                                                      \
             }                                                                                  \
         }                                                                                      \

@@ -15,7 +15,7 @@ greedy_residual_order`'s PyTorch loop selects:
 Inputs are the prepared state of the loop: ``energy`` (already zeroed at or below
 ``tol``), ``tol``, ``weights`` and ``available`` (``B x N``); they are updated in place.
 With ``return_residuals=True`` both also return ``(B, K)`` residuals: after each step, the
-sum of ``energy`` over the ``N`` tokens (the caller zeroes padded tokens' energies, which
+sum of ``weights * energy`` over the ``N`` tokens (the caller zeroes padded tokens' energies, which
 then stay 0), accumulated in double by the kernel.
 """
 

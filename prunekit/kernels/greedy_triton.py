@@ -7,7 +7,7 @@ a GPU. :func:`greedy_steps_triton` runs all ``K`` steps of a sample inside one p
 passes over the ``N`` tokens in blocks of ``BLOCK_N``: the best score, the first token
 near it, then the new factor row and residual energies. The factor rows (``B x K x N``),
 the energies and the availability live in global scratch that the wrapper allocates.
-With ``return_residuals`` the third pass also sums the new energies (in float64) into
+With ``return_residuals`` the third pass also sums the new weighted energies (in float64) into
 one residual per step, for adaptive budgets; without, that code is compiled out.
 
 Triton is imported, and the kernel jitted, on first use: the module imports without
@@ -131,8 +131,9 @@ def _greedy_steps_kernel(
             e = e - column * column
             e = tl.where(e <= t, 0.0, e)
             tl.store(energy_ptr + idx, e, mask=inside)
-            if HAS_RESIDUALS:
-                resid_vec += tl.where(inside, e, 0.0).to(tl.float64)
+            if HAS_RESIDUALS:  # weighted: the objective the greedy pursues
+                w = tl.load(weight_ptr + idx, mask=inside, other=0.0)
+                resid_vec += tl.where(inside, w * e, 0.0).to(tl.float64)
         if HAS_RESIDUALS:
             tl.store(resid_ptr + step, tl.sum(resid_vec, axis=0).to(dtype))
         tl.store(avail_ptr + pick, 0)

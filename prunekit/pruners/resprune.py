@@ -44,7 +44,7 @@ class ResPrune(ComposedPruner):
         backend: what runs the greedy steps, ``"auto"``, ``"native"``, ``"triton"`` or
             ``"torch"`` (see :func:`selection_backend`); all select the same tokens.
         energy: adaptive budget, in ``(0, 1]``: each sample keeps the fewest greedy picks
-            whose span leaves at most ``1 - energy`` of its total (unweighted) token energy
+            whose span leaves at most ``1 - energy`` of its total weighted token energy
             unexplained, the budget's count being the ceiling (see :func:`energy_counts`);
             ``None`` keeps exactly the budget.
         min_keep: with ``energy``, the fewest tokens a sample keeps (``>= 1``).

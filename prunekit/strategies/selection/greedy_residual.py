@@ -20,9 +20,12 @@ whatever direction it adds. Ties are scores within ``tie_rtol`` (relative) of
 the best, so duplicate tokens are broken the same way whatever the batch shape.
 
 Adaptive budgets (``energy``): each sample keeps the shortest prefix of its greedy
-order whose span explains at least ``energy`` of its total token energy, i.e. leaves
-``sum_i ||x_i - P_S x_i||^2 <= (1 - energy) * sum_i ||x_i||^2`` over its valid tokens
-(:func:`energy_counts`); the budget is then a ceiling. The residual sums come out of the
+order whose span explains at least ``energy`` of its total weighted token energy, i.e.
+leaves ``sum_i w_i ||x_i - P_S x_i||^2 <= (1 - energy) * sum_i w_i ||x_i||^2`` over its
+valid tokens (:func:`energy_counts`); the budget is then a ceiling. The energy is weighted
+like the greedy's own objective: with uniform weights (no text) it is the plain token
+energy; with text weights a token of weight 0, which the greedy leaves for last, does not
+hold the count up to the ceiling. The residual sums come out of the
 same greedy loop (``return_residuals``), so the adaptive count costs ``O(N)`` per step.
 """
 
@@ -158,8 +161,8 @@ def greedy_residual_order(
             (the reference loop of PyTorch operations, any device) or ``"auto"``. All
             select the same tokens; they differ only in float rounding order.
         return_residuals: also return, after every step, the residual energy the kept span
-            leaves in the sample: ``sum_i ||x_i - P_S x_i||^2`` over its valid tokens
-            (unweighted, each term clamped as above), for adaptive budgets
+            leaves in the sample: ``sum_i w_i ||x_i - P_S x_i||^2`` over its valid tokens
+            (weighted as the greedy's objective, each residual clamped as above), for adaptive budgets
             (:func:`energy_counts`). Every backend records it as it updates the energies,
             ``O(N)`` per step, summed in float64.
 
@@ -259,7 +262,7 @@ def _greedy_torch(
         available.scatter_(1, pick, False)
         picks.append(pick)
         if residuals is not None:
-            residuals[:, step] = energy.sum(dim=1, dtype=torch.float64)
+            residuals[:, step] = (weights * energy).sum(dim=1, dtype=torch.float64)
     order = torch.cat(picks, dim=1) if picks else available.new_empty(batch, 0, dtype=torch.int64)
     return order if residuals is None else (order, residuals)
 
@@ -276,7 +279,8 @@ def energy_counts(
     Args:
         residuals: ``(B, K)`` residual energy left after each step (column ``k``: after
             ``k + 1`` picks), from ``greedy_residual_order(..., return_residuals=True)``.
-        total: ``(B,)`` the samples' total energy ``sum_i ||x_i||^2`` over valid tokens.
+        total: ``(B,)`` the samples' total weighted energy ``sum_i w_i ||x_i||^2`` over
+            valid tokens (the same weights as the residuals).
         energy: the fraction of ``total`` to explain, in ``(0, 1]``.
         min_keep: the floor, ``>= 1``.
         ceiling: ``(B,)`` (or one int) most tokens a sample keeps, the budget's count.
@@ -307,7 +311,7 @@ class GreedyResidualSelection(SelectionStrategy):
     See :func:`greedy_residual_order` for the parameters. With ``energy`` set the
     selection is adaptive: each sample keeps the fewest greedy picks (at least
     ``min_keep``, at most the budget's count) whose span explains ``energy`` of its
-    total (unweighted) token energy, see :func:`energy_counts`; ``min_keep`` is
+    total (weighted) token energy, see :func:`energy_counts`; ``min_keep`` is
     ignored without ``energy``.
     """
 
@@ -358,6 +362,6 @@ class GreedyResidualSelection(SelectionStrategy):
         order, residuals = picked
         tokens = inputs.tokens.detach()
         norms = torch.einsum("bnd,bnd->bn", tokens, tokens).masked_fill(~inputs.token_mask, 0.0)
-        total = norms.sum(dim=1, dtype=torch.float64)
+        total = (weights.to(norms.dtype) * norms).sum(dim=1, dtype=torch.float64)
         counts = energy_counts(residuals, total, self.energy, self.min_keep, inputs.keep_counts)
         return Picks(order=order, counts=counts)
