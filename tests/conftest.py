@@ -19,11 +19,23 @@ settings.register_profile("stress", max_examples=600)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 # Compositions tested in addition to every registered pruner with its defaults.
-COMPOSITIONS = [
-    {"relevance": r, "selection": s}
-    for r in ("none", {"name": "text", "alpha": 2.0})
-    for s in ("greedy_residual", "topk", {"name": "random", "seed": 3})
-]
+COMPOSITIONS = (
+    [
+        {"relevance": r, "selection": s}
+        for r in ("none", {"name": "text", "alpha": 2.0})
+        for s in ("greedy_residual", "topk", {"name": "random", "seed": 3})
+    ]
+    + [
+        # beyond the paper: the signal-based relevances, an adaptive budget, merging
+        {"relevance": r, "selection": "greedy_residual"}
+        for r in ("llm_attention", "logit_lens", "clip_text")
+    ]
+    + [
+        {"relevance": "none", "selection": {"name": "greedy_residual", "energy": 0.9}},
+        {"relevance": {"name": "text"}, "selection": "greedy_residual", "merge": "lstsq"},
+        {"relevance": "none", "selection": "topk", "merge": "nearest", "merge_norm": True},
+    ]
+)
 
 
 def pruner_cases() -> list[tuple[str, dict]]:
