@@ -542,9 +542,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from prunekit.experiments.summary import read_records
-    from prunekit.experiments.sweep import ablate
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -561,32 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.time()
-    rows: list[dict[str, Any]] = []
-    for dataset, data in datasets.items():
-        for sweep in sweeps:
-            overrides = [*quality.common_overrides(args), *data, *sweep.overrides]
-            ablation = ablate(overrides, out=str(args.runs_dir), echo=lambda *a: None)
-            if ablation.missing:
-                print(f"unfinished runs: {[p.name for p in ablation.missing]}", file=sys.stderr)
-                return 1
-            for result in ablation.results:
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "group": sweep.group,
-                        "label": label(result),
-                        "budget": float(result["config"]["budget"]),
-                        "metrics": result["metrics"],
-                        "name": result["name"],
-                        "seconds": result.get("seconds", 0.0),
-                        "result": result,
-                        "records": read_records(ablation.sweep_dir / result["name"]),
-                    }
-                )
-            print(
-                f"[{time.time() - started:7.0f} s] {dataset}: {' '.join(sweep.overrides)}",
-                flush=True,
-            )
+    rows = quality.run_sweeps(args, sweeps, datasets, label, started)
+    if rows is None:
+        return 1
 
     aucs = relevance_auc(args.auc_images, args.llm_layer) if args.auc_images else None
     write_report(args, rows, list(datasets), aucs, time.time() - started)

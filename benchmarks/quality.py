@@ -482,6 +482,48 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def run_sweeps(
+    args: argparse.Namespace,
+    sweeps: list[Any],
+    datasets: dict[str, list[str]],
+    name_of: Any,
+    started: float,
+) -> list[dict[str, Any]] | None:
+    """Run every sweep (``prunekit ablate``, finished runs skipped) on every data set; one
+    row per run, its configuration named by ``name_of(result)``; ``None`` if a run did not
+    finish. Shared by this benchmark and ``benchmarks/beyond.py``."""
+    from prunekit.experiments.summary import read_records
+    from prunekit.experiments.sweep import ablate
+
+    rows: list[dict[str, Any]] = []
+    for dataset, data in datasets.items():
+        for sweep in sweeps:
+            overrides = [*common_overrides(args), *data, *sweep.overrides]
+            ablation = ablate(overrides, out=str(args.runs_dir), echo=lambda *a: None)
+            if ablation.missing:
+                print(f"unfinished runs: {[p.name for p in ablation.missing]}", file=sys.stderr)
+                return None
+            for result in ablation.results:
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "group": sweep.group,
+                        "label": name_of(result),
+                        "budget": float(result["config"]["budget"]),
+                        "metrics": result["metrics"],
+                        "name": result["name"],
+                        "seconds": result.get("seconds", 0.0),
+                        "result": result,
+                        "records": read_records(ablation.sweep_dir / result["name"]),
+                    }
+                )
+            print(
+                f"[{time.time() - started:7.0f} s] {dataset}: {' '.join(sweep.overrides)}",
+                flush=True,
+            )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -528,8 +570,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import prunekit
-    from prunekit.experiments.summary import read_records
-    from prunekit.experiments.sweep import ablate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -552,32 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     started = time.time()
-    rows: list[dict[str, Any]] = []
-    for dataset, data in datasets.items():
-        for sweep in sweeps:
-            overrides = [*common_overrides(args), *data, *sweep.overrides]
-            ablation = ablate(overrides, out=str(args.runs_dir), echo=lambda *a: None)
-            if ablation.missing:
-                print(f"unfinished runs: {[p.name for p in ablation.missing]}", file=sys.stderr)
-                return 1
-            for result in ablation.results:
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "group": sweep.group,
-                        "label": label(result),
-                        "budget": float(result["config"]["budget"]),
-                        "metrics": result["metrics"],
-                        "name": result["name"],
-                        "seconds": result["seconds"],
-                        "result": result,
-                        "records": read_records(ablation.sweep_dir / result["name"]),
-                    }
-                )
-            print(
-                f"[{time.time() - started:7.0f} s] {dataset}: {' '.join(sweep.overrides)}",
-                flush=True,
-            )
+    rows = run_sweeps(args, sweeps, datasets, label, started)
+    if rows is None:
+        return 1
 
     aucs = relevance_auc(args.auc_images) if args.auc_images else None
     write_report(args, rows, list(datasets), aucs, time.time() - started)

@@ -7,6 +7,7 @@ projections, Python loops), sharing no code with prunekit.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def residual_energies(x: np.ndarray, kept: list[int]) -> np.ndarray:
@@ -78,3 +79,20 @@ def resprune_reference(x, k, weights, rank_tol=1e-10, tie_rtol=1e-5):
             pick = first_near_max(fill, tie_rtol)
         kept.append(pick)
     return kept, steps
+
+
+def projected_residuals(tokens, valid, order, weights):
+    """Float64 reference: per sample and prefix of ``order``, the weighted residual energy
+    ``sum_i w_i ||x_i - P x_i||^2`` of the valid tokens after a least-squares projection
+    onto the span of the prefix's valid picks."""
+    batch, n, _ = tokens.shape
+    valid = torch.ones(batch, n, dtype=torch.bool) if valid is None else valid
+    out = torch.zeros(order.shape, dtype=torch.float64)
+    for b in range(batch):
+        x = tokens[b].double().numpy()
+        rows = valid[b].numpy()
+        w = weights[b].double().numpy()
+        for k in range(order.shape[1]):
+            kept = sorted({p for p in order[b, : k + 1].tolist() if rows[p]})
+            out[b, k] = float((w * residual_energies(x, kept))[rows].sum())
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from reference import residual_energies
+from reference import projected_residuals, residual_energies
 
 import prunekit
 import prunekit.testing.pruners as contract
@@ -32,23 +32,6 @@ PATHS = [("gram", "native"), ("rows", "native"), ("gram", "torch"), ("rows", "to
 def needs_backend(backend: str) -> None:
     if backend == "native" and native_library() is None:
         pytest.skip("no C compiler: the native kernel cannot be built here")
-
-
-def projected_residuals(tokens, valid, order, weights) -> torch.Tensor:
-    """Float64 reference: per sample and prefix of ``order``, the weighted residual energy
-    ``sum_i w_i ||x_i - P x_i||^2`` of the valid tokens after a least-squares projection
-    onto the span of the prefix's valid picks."""
-    batch, n, _ = tokens.shape
-    valid = torch.ones(batch, n, dtype=torch.bool) if valid is None else valid
-    out = torch.zeros(order.shape, dtype=torch.float64)
-    for b in range(batch):
-        x = tokens[b].double().numpy()
-        rows = valid[b].numpy()
-        w = weights[b].double().numpy()
-        for k in range(order.shape[1]):
-            kept = sorted({p for p in order[b, : k + 1].tolist() if rows[p]})
-            out[b, k] = float((w * residual_energies(x, kept))[rows].sum())
-    return out
 
 
 def total_energy(tokens, valid=None) -> torch.Tensor:

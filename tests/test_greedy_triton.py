@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from reference import residual_energies, resprune_reference
+from reference import projected_residuals, resprune_reference
 
 from prunekit.kernels.greedy_triton import greedy_steps_triton, triton_available
 from prunekit.strategies.selection.greedy_residual import (
@@ -312,23 +312,6 @@ def test_zero_steps_and_empty_batch(interpreted):
     for name, shape in (("zero_steps_residuals", (2, 0)), ("empty_batch_residuals", (0, 3))):
         (picks, residuals), unchanged = interpreted[name]
         assert unchanged and picks.shape == shape and residuals.shape == shape
-
-
-def projected_residuals(tokens, valid, order, weights) -> torch.Tensor:
-    """Float64 reference: per sample and prefix of ``order``, the weighted residual energy
-    ``sum_i w_i ||x_i - P x_i||^2`` of the valid tokens after a least-squares projection
-    onto the span of the prefix's valid picks."""
-    batch, n, _ = tokens.shape
-    valid = torch.ones(batch, n, dtype=torch.bool) if valid is None else valid
-    out = torch.zeros(order.shape, dtype=torch.float64)
-    for b in range(batch):
-        x = tokens[b].double().numpy()
-        rows = valid[b].numpy()
-        w = weights[b].double().numpy()
-        for k in range(order.shape[1]):
-            kept = sorted({p for p in order[b, : k + 1].tolist() if rows[p]})
-            out[b, k] = float((w * residual_energies(x, kept))[rows].sum())
-    return out
 
 
 @pytest.mark.parametrize("name", RESIDUAL_CASES)

@@ -62,3 +62,12 @@ def minmax_weights(
     keep = informative.view(-1, 1) & (spread > eps)
     w = torch.where(keep, w, torch.ones_like(w))
     return w.masked_fill(~valid, 0.0)
+
+
+def check_guidance(alpha: float, eps: float) -> None:
+    """Raise ``ValueError`` naming ``alpha`` (not finite and >= 0) or ``eps`` (not > 0),
+    the two parameters every min-max-normalised relevance shares."""
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
+    if not (eps > 0):
+        raise ValueError(f"eps must be > 0, got {eps}")

@@ -9,14 +9,13 @@ queries), averaged over heads; then, as :class:`~prunekit.strategies.relevance.T
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from prunekit.core.inputs import PruneInputs
-from prunekit.strategies.relevance.base import RelevanceStrategy, minmax_weights
+from prunekit.strategies.relevance.base import RelevanceStrategy, check_guidance, minmax_weights
 
 #: the signal this strategy reads (see :mod:`prunekit.core.signals`)
 TEXT_ATTENTION = "text_attention"
@@ -59,10 +58,7 @@ class LLMAttentionRelevance(RelevanceStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
-        if not (self.eps > 0):
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+        check_guidance(self.alpha, self.eps)
 
     def relevance(self, inputs: PruneInputs) -> torch.Tensor:
         """Raw ``r`` ``(B, N)``: the text-to-image attention averaged over heads."""

@@ -32,7 +32,7 @@ from typing import ClassVar, Literal
 import torch
 
 from prunekit.core.inputs import PruneInputs
-from prunekit.strategies.relevance.base import RelevanceStrategy, minmax_weights
+from prunekit.strategies.relevance.base import RelevanceStrategy, check_guidance, minmax_weights
 
 #: the signal this relevance reads (see :mod:`prunekit.core.signals`)
 TEXT_LOGPROBS = "text_logprobs"
@@ -83,10 +83,7 @@ class LogitLensRelevance(RelevanceStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types and aggregation's choices, from the annotations
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
-        if not (self.eps > 0):
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+        check_guidance(self.alpha, self.eps)
 
     def relevance(self, inputs: PruneInputs) -> torch.Tensor:
         """Raw ``r`` ``(B, N)``; 0 for samples without nouns."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from prunekit.core.errors import check_choice
 from prunekit.core.inputs import PruneInputs
-from prunekit.strategies.relevance.base import RelevanceStrategy, minmax_weights
+from prunekit.strategies.relevance.base import RelevanceStrategy, check_guidance, minmax_weights
 
 #: how the cosines to the text rows become one relevance per token
 Aggregation = Literal["max", "mean", "pooled"]
@@ -108,10 +108,7 @@ class TextRelevance(RelevanceStrategy):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # types and aggregation's choices, from the annotations
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be finite and >= 0, got {self.alpha}")
-        if not (self.eps > 0):
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+        check_guidance(self.alpha, self.eps)
         if isinstance(self.center, str):
             check_choice("center", self.center, CENTER_SIGNALS)
             self.required_signals = frozenset({self.center})
