@@ -551,10 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     sweeps = plan(args)
     datasets = quality.data_overrides(args)
     if args.plan:
-        for data in datasets.values():
-            for sweep in sweeps:
-                words = [*quality.common_overrides(args), *data, *sweep.overrides]
-                print("prunekit ablate " + " ".join(words))
+        quality.print_plan(args, sweeps, datasets)
         return 0
 
     started = time.time()

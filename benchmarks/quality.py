@@ -71,6 +71,10 @@ POINT_OPTIONS = {
 }
 
 
+#: registered pruners that wrap or compose other ones: no method of their own to rank
+WRAPPERS = ("composed", "score_mass")
+
+
 @dataclass(frozen=True)
 class Sweep:
     """One ``prunekit ablate`` command of the benchmark (``data`` overrides added per set)."""
@@ -83,7 +87,7 @@ def plan(args: argparse.Namespace, pruners: list[str]) -> list[Sweep]:
     """The sweeps of the benchmark."""
     budgets = "budget=" + ",".join(str(b) for b in args.budgets)
     sweeps = [Sweep("full", ("pruner=random", "budget=1.0"))]
-    plain = [p for p in pruners if p not in POINT_OPTIONS and p != "composed"]
+    plain = [p for p in pruners if p not in POINT_OPTIONS and p not in WRAPPERS]
     sweeps.append(Sweep("pruners", ("pruner=" + ",".join(plain), budgets)))
     for name in pruners:
         if name in POINT_OPTIONS:
@@ -482,6 +486,13 @@ def machine() -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
+def print_plan(args: argparse.Namespace, sweeps: list[Any], datasets: dict[str, list[str]]) -> None:
+    """Print the ``prunekit ablate`` command of every sweep on every data set (``--plan``)."""
+    for data in datasets.values():
+        for sweep in sweeps:
+            print("prunekit ablate " + " ".join([*common_overrides(args), *data, *sweep.overrides]))
+
+
 def run_sweeps(
     args: argparse.Namespace,
     sweeps: list[Any],
@@ -584,11 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     sweeps = plan(args, pruners)
     datasets = data_overrides(args)
     if args.plan:
-        for data in datasets.values():
-            for sweep in sweeps:
-                print(
-                    f"prunekit ablate {' '.join([*common_overrides(args), *data, *sweep.overrides])}"
-                )
+        print_plan(args, sweeps, datasets)
         return 0
 
     started = time.time()

@@ -207,10 +207,11 @@ class TokenPruner(abc.ABC):
                 )
             values = gather_rows(picks.values, permutation)
             values = values.masked_fill((indices == PAD_INDEX).unsqueeze(-1), 0.0)
-        width = int(counts.max())  # an adaptive count may leave trailing padding columns
-        indices = indices[:, :width]
-        if values is not None:
-            values = values[:, :width]
+        if picks.counts is not None:  # an adaptive count may leave trailing padding columns
+            width = int(counts.max())
+            indices = indices[:, :width]
+            if values is not None:
+                values = values[:, :width]
         scores = None if picks.scores is None else picks.scores.float()
         return PruneResult(
             indices=indices,

@@ -77,7 +77,7 @@ class ComposedPruner(TokenPruner):
 
     @property
     def adaptive(self) -> bool:
-        return bool(getattr(self.selection, "adaptive", False))
+        return self.selection.adaptive
 
     def select(self, inputs: PruneInputs, num_keep: int) -> Picks:
         weights = self.relevance.weights(inputs)
